@@ -1,0 +1,38 @@
+"""Additive attention (Bahdanau, Cho & Bengio 2015, section 3.1 and appendix A.1.2).
+
+The energy of target step i over source position j is `e_ij = v . tanh(W s_{i-1} + U h_j)`.
+`U h_j` does not depend on i, so the keys are projected once per sentence (`project_keys`) and
+reused at every decoding step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class AdditiveAttention(nn.Module):
+    def __init__(self, *, query_size: int, key_size: int, attn_size: int) -> None:
+        super().__init__()
+        self.key_layer = nn.Linear(key_size, attn_size, bias=False)  # U
+        self.query_layer = nn.Linear(query_size, attn_size)  # W (its bias stands for the energy's bias)
+        self.energy_layer = nn.Linear(attn_size, 1, bias=False)  # v
+
+    def project_keys(self, values: Tensor) -> Tensor:
+        """(batch, src_len, key_size) -> (batch, src_len, attn_size), once per sentence."""
+        return self.key_layer(values)
+
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Weigh `values` by how well their keys match `query`.
+
+        query: (batch, query_size)      the decoder state s_{i-1}
+        keys: (batch, src_len, attn_size) from `project_keys`
+        values: (batch, src_len, key_size) the encoder states h_j
+        mask: (batch, src_len), True at real tokens, False at padding
+        Returns the context (batch, key_size) and the attention weights (batch, src_len).
+        """
+        energies = self.energy_layer(torch.tanh(keys + self.query_layer(query).unsqueeze(1))).squeeze(2)
+        energies = energies.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(energies, dim=-1)
+        context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)
+        return context, weights

@@ -1,0 +1,194 @@
+"""Model directories and training checkpoints that never lose work and never unpickle.
+
+A model directory holds everything needed to translate, and nothing executable:
+    model.safetensors    weights (fp32 or fp16)
+    config.json          the `Config` that built them
+    src.spm, tgt.spm     SentencePiece models
+A training checkpoint is a model directory plus the state to resume from:
+    optimizer.safetensors   optimizer moments and RNG states, as tensors
+    trainer.json            step, epoch, position in the epoch, scheduler and early-stopping state
+
+A run folder keeps checkpoints as `checkpoints/step-NNNNNNN/`, each written under a temporary name
+and renamed into place only when complete; `last` and `best` are symlinks swapped atomically
+(rename of a new link over the old one). A kill at any moment leaves `last` pointing to a complete
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from mt.config import Config, ConfigError
+from mt.model import Seq2Seq
+from mt.tokenizer import Tokenizer
+
+WEIGHTS, CONFIG, SRC_SPM, TGT_SPM = "model.safetensors", "config.json", "src.spm", "tgt.spm"
+OPTIMIZER, TRAINER = "optimizer.safetensors", "trainer.json"
+TIED = "decoder.output.weight"
+
+
+class ModelDirError(ValueError):
+    """A model directory that cannot be loaded; the message names the directory and what is wrong."""
+
+
+@dataclass
+class LoadedModel:
+    model: Seq2Seq
+    config: Config
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+
+
+def save_model_dir(
+    path: Path, model: Seq2Seq, config: Config, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer
+) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(model_weights(model), str(path / WEIGHTS))
+    config.save(path / CONFIG)
+    src_tokenizer.save(path / SRC_SPM)
+    tgt_tokenizer.save(path / TGT_SPM)
+
+
+def model_weights(model: Seq2Seq) -> dict[str, torch.Tensor]:
+    """The state dict to store: a tied output projection is the target embedding, stored once."""
+    weights = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    if model.decoder.output.weight is model.decoder.embedding.weight:
+        del weights[TIED]
+    return weights
+
+
+def load_model_dir(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model directory, checking that its parts exist and agree with each other."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelDirError(f"model directory {path} does not exist")
+    for name in (WEIGHTS, CONFIG, SRC_SPM, TGT_SPM):
+        if not (path / name).is_file():
+            raise ModelDirError(f"model directory {path} has no {name}")
+    try:
+        config = Config.from_dict(json.loads((path / CONFIG).read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, ConfigError) as error:
+        raise ModelDirError(f"{path / CONFIG} is not a valid model config: {error}") from error
+    try:
+        src_tokenizer, tgt_tokenizer = Tokenizer.load(path / SRC_SPM), Tokenizer.load(path / TGT_SPM)
+    except (RuntimeError, OSError) as error:
+        raise ModelDirError(f"{path}: a SentencePiece model does not load: {error}") from error
+    model = Seq2Seq.from_config(config.model, src_vocab=len(src_tokenizer), tgt_vocab=len(tgt_tokenizer))
+    try:
+        weights = load_file(str(path / WEIGHTS))
+    except (SafetensorError, OSError) as error:
+        raise ModelDirError(f"{path / WEIGHTS} is not a readable safetensors file: {error}") from error
+    _load_weights(model, weights, path)
+    return LoadedModel(model.to(device).eval(), config, src_tokenizer, tgt_tokenizer)
+
+
+def _load_weights(model: Seq2Seq, weights: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    tied = {TIED} if model.decoder.output.weight is model.decoder.embedding.weight else set()
+    missing = sorted(set(expected) - set(weights) - tied)
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise ModelDirError(
+            f"{path / WEIGHTS} does not match {path / CONFIG}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    for name, tensor in weights.items():
+        if tensor.shape != expected[name].shape:
+            raise ModelDirError(
+                f"{path / WEIGHTS} does not match {path / CONFIG}: {name} has shape {tuple(tensor.shape)}, "
+                f"the config builds {tuple(expected[name].shape)}"
+            )
+        if not torch.isfinite(tensor).all():
+            raise ModelDirError(f"{path / WEIGHTS}: {name} holds NaN or infinite values")
+    model.load_state_dict(weights, strict=False)  # tied output weight comes with the embedding
+
+
+# --- training checkpoints --------------------------------------------------------------------------
+
+
+def save_training_state(path: Path, optimizer: torch.optim.Optimizer, trainer: dict[str, Any]) -> None:
+    """Optimizer moments and RNG states as tensors; everything else as JSON."""
+    optim_state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = state
+    scalars: dict[str, dict[str, float]] = {}
+    for param_id, state in optim_state["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                tensors[f"optim.{param_id}.{key}"] = value.contiguous()
+            else:
+                scalars.setdefault(str(param_id), {})[key] = float(value)
+    save_file(tensors, str(path / OPTIMIZER))
+    trainer = {**trainer, "optimizer": {"param_groups": optim_state["param_groups"], "scalars": scalars}}
+    (path / TRAINER).write_text(json.dumps(trainer, indent=2) + "\n", encoding="utf-8")
+
+
+def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore the optimizer and RNG states saved by `save_training_state`; return the trainer dict."""
+    try:
+        trainer = json.loads((path / TRAINER).read_text(encoding="utf-8"))
+        tensors = load_file(str(path / OPTIMIZER))
+    except (OSError, json.JSONDecodeError, SafetensorError) as error:
+        raise ModelDirError(f"checkpoint {path} has no readable training state: {error}") from error
+    saved = trainer.pop("optimizer")
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        if name.startswith("optim."):
+            _, param_id, key = name.split(".", 2)
+            state.setdefault(int(param_id), {})[key] = tensor
+    for param_id, values in saved["scalars"].items():
+        for key, value in values.items():
+            state.setdefault(int(param_id), {})[key] = torch.tensor(value)
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(len(tensors)) if f"rng.cuda.{i}" in tensors]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return dict(trainer)
+
+
+def commit_checkpoint(run_dir: Path, step: int, write: Any) -> Path:
+    """Write a checkpoint with `write(tmp_dir)` and move it into place as checkpoints/step-NNNNNNN."""
+    checkpoints = run_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    final = checkpoints / f"step-{step:07d}"
+    tmp = checkpoints / f".tmp-step-{step:07d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write(tmp)
+    for file in tmp.iterdir():
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+    if final.exists():  # the same step saved again (e.g. after a resume): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def point_link(run_dir: Path, name: str, target: Path) -> None:
+    """Atomically make run_dir/name a relative symlink to target."""
+    tmp = run_dir / f".{name}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target.relative_to(run_dir))
+    os.replace(tmp, run_dir / name)
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` checkpoints and the ones `last` and `best` point to."""
+    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"))
+    linked = {(run_dir / name).resolve() for name in ("last", "best") if (run_dir / name).exists()}
+    for old in checkpoints[:-keep_last] if keep_last > 0 else checkpoints:
+        if old.resolve() not in linked:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in (run_dir / "checkpoints").glob(".tmp-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)

@@ -1,0 +1,166 @@
+"""The `mt` command: train, translate and evaluate.
+
+Every config field is also a flag, named `--section.field` (`--train.lr 0.0005`,
+`--model.cell lstm`); `mt train --help` lists them with their defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import typing
+from pathlib import Path
+
+from mt.checkpoint import CONFIG, ModelDirError
+from mt.config import Config, ConfigError, section_fields, section_names, set_field
+from mt.data import CorpusError
+
+log = logging.getLogger("mt")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, sections: list[str]) -> None:
+    defaults = Config()
+    for section in sections:
+        group = parser.add_argument_group(f"{section} settings")
+        for name, kind in section_fields(section).items():
+            default = getattr(getattr(defaults, section), name)
+            choices = list(typing.get_args(kind)) if typing.get_origin(kind) is typing.Literal else None
+            group.add_argument(f"--{section}.{name}", dest=f"cfg:{section}.{name}", metavar=kind.__name__.upper()
+                               if isinstance(kind, type) else "CHOICE", choices=choices, default=None,
+                               help=f"(default: {default})")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    return {key[4:]: value for key, value in vars(args).items() if key.startswith("cfg:") and value is not None}
+
+
+def _apply(config: Config, overrides: dict[str, str]) -> Config:
+    for dotted, value in overrides.items():
+        set_field(config, dotted, value)
+    return config
+
+
+def _add_decode_flags(parser: argparse.ArgumentParser) -> None:
+    _add_config_flags(parser, ["decode"])
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+
+
+def _decode_config(args: argparse.Namespace, translator_decode: typing.Any) -> typing.Any:
+    config = Config(decode=translator_decode)
+    return _apply(config, _overrides(args)).decode
+
+
+# --- commands ---------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mt.train import Trainer
+
+    out = Path(args.out)
+    if args.resume:
+        config = Config.load(out / "last" / CONFIG)
+    else:
+        config = Config.load(args.config) if args.config else Config()
+        for flag, dotted in (("data", "data.path"), ("src", "data.src"), ("tgt", "data.tgt")):
+            if getattr(args, flag) is not None:
+                set_field(config, dotted, getattr(args, flag))
+    _apply(config, _overrides(args))
+    trainer = Trainer(config, out, resume=args.resume, max_steps=args.max_steps)
+    progress = trainer.fit()
+    print(f"best greedy validation BLEU {progress.best_bleu:.2f} at step {progress.best_step}; model: {out / 'best'}")
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from mt.translator import Translator
+
+    translator = Translator.from_dir(args.model, device=args.device)
+    decode = _decode_config(args, translator.decode)
+    source = Path(args.input).read_text(encoding="utf-8") if args.input else sys.stdin.read()
+    lines = source.splitlines()
+    outputs = translator.translate(lines, decode)
+    if decode.n_best > 1:  # Moses-style n-best list: index ||| hypothesis ||| score
+        text = "".join(f"{i} ||| {c.text} ||| {c.score:.4f}\n" for i, o in enumerate(outputs) for c in o.candidates)
+    else:
+        text = "".join(o.text + "\n" for o in outputs)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mt.evaluate import evaluate, read_test_set
+    from mt.translator import Translator
+
+    translator = Translator.from_dir(args.model, device=args.device)
+    decode = _decode_config(args, translator.decode)
+    src_lang = args.src_lang or _model_config(args.model).data.src
+    tgt_lang = args.tgt_lang or _model_config(args.model).data.tgt
+    sources, references, name = read_test_set(
+        data=args.data, split=args.split, src=args.src, ref=args.ref, src_lang=src_lang, tgt_lang=tgt_lang
+    )
+    hyp_path = Path(args.hyp) if args.hyp else Path(args.model) / f"{name}.{tgt_lang}.hyp"
+    result = evaluate(translator, sources, references, decode)
+    hyp_path.write_text("".join(h + "\n" for h in result.hypotheses), encoding="utf-8")
+    print(result.report(name=name, decode=decode, hypotheses_path=hyp_path))
+    return 0
+
+
+def _model_config(model_dir: str) -> Config:
+    return Config.load(Path(model_dir) / CONFIG)
+
+
+# --- parser -----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mt", description="Recurrent neural machine translation: train, translate, evaluate.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model (or resume a killed run with --resume)")
+    train.add_argument("--config", help="YAML config file; flags override it")
+    train.add_argument("--data", help="hub dataset id, folder of {split}.jsonl, or folder of {split}.{lang}")
+    train.add_argument("--src", help="source language code")
+    train.add_argument("--tgt", help="target language code")
+    train.add_argument("--out", required=True, help="run folder: checkpoints/, best, last, log.jsonl")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in total (0 = no limit)")
+    _add_config_flags(train, [s for s in section_names() if s != "decode"])
+    train.set_defaults(func=cmd_train)
+
+    translate = commands.add_parser("translate", help="translate lines from stdin or --input")
+    translate.add_argument("--model", required=True, help="model directory")
+    translate.add_argument("--input", help="file to translate, one sentence per line (default: stdin)")
+    translate.add_argument("--output", help="file to write (default: stdout)")
+    _add_decode_flags(translate)
+    translate.set_defaults(func=cmd_translate)
+
+    evaluate = commands.add_parser("evaluate", help="sacreBLEU and chrF of a model on a split or on files")
+    evaluate.add_argument("--model", required=True, help="model directory")
+    evaluate.add_argument("--data", help="corpus (as for train) to take --split from")
+    evaluate.add_argument("--split", default="test", help="split of --data (default: test)")
+    evaluate.add_argument("--src", help="source file, one sentence per line (instead of --data)")
+    evaluate.add_argument("--ref", help="reference file, line-aligned with --src")
+    evaluate.add_argument("--src-lang", help="source language key in --data (default: the model's)")
+    evaluate.add_argument("--tgt-lang", help="target language key in --data (default: the model's)")
+    evaluate.add_argument("--hyp", help="where to write the hypotheses (default: in the model directory)")
+    _add_decode_flags(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        return int(args.func(args))
+    except (ConfigError, CorpusError, ModelDirError, ValueError, OSError) as error:
+        print(f"mt {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mt {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,141 @@
+"""Parallel corpora: loading through Hugging Face `datasets`, and the cleaning real corpora need.
+
+Three sources are read the same way, one split at a time:
+  * a hub dataset id whose rows are keyed by language code (`bentrevett/multi30k`);
+  * a local folder of `{train,validation,test}.jsonl`, one `{"de": ..., "en": ...}` object per line;
+  * a local folder of line-aligned plain-text files, `train.de` + `train.en`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be used as given; the message names the file (and line) at fault."""
+
+
+@dataclass(frozen=True)
+class ParallelCorpus:
+    src: list[str]
+    tgt: list[str]
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+@dataclass(frozen=True)
+class CleaningReport:
+    kept: int
+    empty: int
+    too_long: int
+    bad_ratio: int
+
+    @property
+    def dropped(self) -> int:
+        return self.empty + self.too_long + self.bad_ratio
+
+    def __str__(self) -> str:
+        return (
+            f"kept {self.kept} pairs, dropped {self.dropped} "
+            f"({self.empty} empty, {self.too_long} too long, {self.bad_ratio} with a length ratio out of bounds)"
+        )
+
+
+def load_split(path: str, split: str, src: str, tgt: str) -> ParallelCorpus:
+    """Read one split of a corpus, stripped of surrounding whitespace but otherwise as it is."""
+    local = Path(path)
+    if local.is_dir():
+        if (local / f"{split}.jsonl").is_file():
+            return _load_jsonl(local / f"{split}.jsonl", src, tgt)
+        if (local / f"{split}.{src}").is_file() or (local / f"{split}.{tgt}").is_file():
+            return _load_text_pair(local / f"{split}.{src}", local / f"{split}.{tgt}")
+        raise CorpusError(f"{local} has neither {split}.jsonl nor {split}.{src} + {split}.{tgt}")
+    if local.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1:
+        raise CorpusError(f"corpus path {path} does not exist (give a folder or a hub dataset id 'owner/name')")
+    return _load_hub(path, split, src, tgt)
+
+
+def _load_jsonl(file: Path, src: str, tgt: str) -> ParallelCorpus:
+    _require_content(file)
+    try:
+        table = datasets.load_dataset("json", data_files=str(file), split="train")
+    except Exception as error:  # datasets wraps pyarrow's parse errors in several types
+        raise CorpusError(f"{file} is not valid JSON lines: {error}") from error
+    return _columns(table, src, tgt, where=str(file))
+
+
+def _load_hub(dataset_id: str, split: str, src: str, tgt: str) -> ParallelCorpus:
+    try:
+        table = datasets.load_dataset(dataset_id, split=split)
+    except Exception as error:  # offline, unknown id or unknown split: all are the user's to fix
+        raise CorpusError(f"could not load split '{split}' of hub dataset {dataset_id}: {error}") from error
+    return _columns(table, src, tgt, where=f"{dataset_id} [{split}]")
+
+
+def _columns(table: datasets.Dataset, src: str, tgt: str, where: str) -> ParallelCorpus:
+    if len(table) == 0:
+        raise CorpusError(f"{where} is empty")
+    for lang in (src, tgt):
+        if lang not in table.column_names:
+            raise CorpusError(f"{where}: no rows have the language key '{lang}' (keys: {table.column_names})")
+    src_lines, tgt_lines = table[src], table[tgt]
+    for lang, lines in ((src, src_lines), (tgt, tgt_lines)):
+        for index, line in enumerate(lines):
+            if not isinstance(line, str):
+                raise CorpusError(f"{where}, line {index + 1}: missing or non-string language key '{lang}'")
+    return ParallelCorpus([s.strip() for s in src_lines], [t.strip() for t in tgt_lines])
+
+
+def _load_text_pair(src_file: Path, tgt_file: Path) -> ParallelCorpus:
+    for file in (src_file, tgt_file):
+        if not file.is_file():
+            raise CorpusError(f"{file} does not exist (plain-text corpora need one file per language)")
+        _require_content(file)
+    table = datasets.load_dataset(
+        "text", data_files={"src": str(src_file), "tgt": str(tgt_file)}, keep_linebreaks=False
+    )
+    src_lines, tgt_lines = table["src"]["text"], table["tgt"]["text"]
+    if len(src_lines) != len(tgt_lines):
+        raise CorpusError(
+            f"{src_file} has {len(src_lines)} lines but {tgt_file} has {len(tgt_lines)}; "
+            f"parallel files must be line-aligned (first line past the shorter file: {min(len(src_lines), len(tgt_lines)) + 1})"
+        )
+    return ParallelCorpus([s.strip() for s in src_lines], [t.strip() for t in tgt_lines])
+
+
+def _require_content(file: Path) -> None:
+    """`datasets` fails obscurely on empty files: say plainly which one is empty."""
+    with file.open("rb") as handle:
+        if not handle.read(1 << 16).strip():
+            raise CorpusError(f"{file} is empty")
+
+
+def clean(corpus: ParallelCorpus, max_len: int, max_ratio: float) -> tuple[ParallelCorpus, CleaningReport]:
+    """Drop empty pairs, pairs over `max_len` words on either side and pairs with an absurd length ratio."""
+    src_kept: list[str] = []
+    tgt_kept: list[str] = []
+    empty = too_long = bad_ratio = 0
+    for src, tgt in zip(corpus.src, corpus.tgt, strict=True):
+        src_len, tgt_len = len(src.split()), len(tgt.split())
+        if src_len == 0 or tgt_len == 0:
+            empty += 1
+        elif src_len > max_len or tgt_len > max_len:
+            too_long += 1
+        elif max(src_len, tgt_len) > max_ratio * min(src_len, tgt_len) and max(src_len, tgt_len) > 3:
+            # very short pairs ("Ein Hund." / "A dog .") legitimately have large ratios
+            bad_ratio += 1
+        else:
+            src_kept.append(src)
+            tgt_kept.append(tgt)
+    if not src_kept:
+        raise CorpusError("no training pairs survive cleaning; check the languages and the length limits")
+    return ParallelCorpus(src_kept, tgt_kept), CleaningReport(len(src_kept), empty, too_long, bad_ratio)

@@ -1,0 +1,81 @@
+"""SentencePiece subword tokenizers (Kudo & Richardson 2018), with optional subword regularization (Kudo 2018).
+
+Piece ids are fixed across every model: 0 = <pad>, 1 = <unk>, 2 = <s>, 3 = </s>.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from pathlib import Path
+
+import sentencepiece as spm
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+
+
+def seed_sampling(seed: int) -> None:
+    """Seed SentencePiece's (process-wide) generator for subword sampling."""
+    spm.set_random_generator_seed(seed)
+
+
+class Tokenizer:
+    """One SentencePiece model: text <-> piece ids."""
+
+    def __init__(self, *, model_proto: bytes) -> None:
+        self.model_proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+
+    @classmethod
+    def train(
+        cls,
+        sentences: Iterable[str],
+        *,
+        vocab_size: int,
+        model_type: str = "unigram",
+        character_coverage: float = 1.0,
+        seed: int = 0,
+    ) -> Tokenizer:
+        seed_sampling(seed)
+        proto = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=proto,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            pad_id=PAD,
+            unk_id=UNK,
+            bos_id=BOS,
+            eos_id=EOS,
+            hard_vocab_limit=False,  # a tiny corpus may not support the requested size: use what it supports
+            num_threads=1,  # the same pieces on every machine
+            minloglevel=2,
+        )
+        return cls(model_proto=proto.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> Tokenizer:
+        return cls(model_proto=path.read_bytes())
+
+    def save(self, path: Path) -> None:
+        path.write_bytes(self.model_proto)
+
+    def __len__(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, texts: list[str], *, sampling_alpha: float = 0.0) -> list[list[int]]:
+        """Piece ids of each text (no <s> or </s>); `sampling_alpha` > 0 samples a segmentation.
+
+        Samples are reproducible after `seed_sampling(seed)`: they are drawn on one thread, because
+        SentencePiece gives each worker thread its own copy of the seeded generator.
+        """
+        if sampling_alpha > 0:
+            return self.sp.encode(texts, enable_sampling=True, alpha=sampling_alpha, nbest_size=-1, num_threads=1)
+        return self.sp.encode(texts)
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        return [self.sp.id_to_piece(i) for i in ids]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.sp.decode(ids)

@@ -1,0 +1,329 @@
+"""Training: teacher forcing with label-smoothed cross-entropy (Szegedy et al. 2016), Adam, gradient
+clipping, length-bucketed batches sized in target tokens, validation loss and greedy BLEU after every
+epoch (or N steps), learning-rate decay on a BLEU plateau, early stopping, and checkpoints that
+resume a killed run exactly where it was: same batches, same optimizer moments, same dropout masks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sacrebleu
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mt.checkpoint import (
+    commit_checkpoint,
+    load_model_dir,
+    load_training_state,
+    point_link,
+    prune_checkpoints,
+    save_model_dir,
+    save_training_state,
+)
+from mt.config import Config, DecodeConfig
+from mt.data import ParallelCorpus, clean, load_split
+from mt.model import Seq2Seq, pad_batch
+from mt.tokenizer import BOS, EOS, PAD, Tokenizer, seed_sampling
+from mt.translator import Translator, resolve_device
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY = 50  # steps between lines of the training log
+KEEP_CHECKPOINTS = 5  # newest checkpoints kept besides the best (for weight averaging)
+
+
+class RunDirError(ValueError):
+    """An output folder that cannot hold this run."""
+
+
+@dataclass
+class Batch:
+    src: torch.Tensor  # (batch, src_len) ending in </s>
+    lengths: torch.Tensor  # (batch,)
+    tgt_in: torch.Tensor  # (batch, tgt_len): <s> y_1 ... y_n
+    tgt_out: torch.Tensor  # (batch, tgt_len): y_1 ... y_n </s>
+    tgt_tokens: int  # real (non-pad) target tokens
+
+
+@dataclass
+class Progress:
+    """Everything besides weights and optimizer that a resumed run needs, stored as JSON."""
+
+    step: int = 0
+    epoch: int = 1
+    batch_in_epoch: int = 0  # batches of `epoch` already trained on
+    elapsed: float = 0.0  # seconds of training so far, across resumes
+    best_bleu: float = -1.0
+    best_step: int = 0
+    evals_without_improvement: int = 0
+    scheduler: dict[str, Any] = field(default_factory=dict)
+
+
+def make_batches(
+    src: list[list[int]], tgt: list[list[int]], *, batch_tokens: int, rng: random.Random
+) -> list[list[int]]:
+    """Shuffle, then group sentences of similar length so that (sentences x longest target) stays
+    within `batch_tokens`; returns lists of sentence indices in a shuffled order."""
+    indices = list(range(len(src)))
+    rng.shuffle(indices)
+    batches: list[list[int]] = []
+    pool = 100 * max(1, batch_tokens // 20)  # sort within large pools: similar lengths, still random
+    for start in range(0, len(indices), pool):
+        chunk = sorted(indices[start : start + pool], key=lambda i: (len(tgt[i]), len(src[i])))
+        current: list[int] = []
+        longest = 0
+        for i in chunk:
+            longest_if_added = max(longest, len(tgt[i]) + 1)
+            if current and longest_if_added * (len(current) + 1) > batch_tokens:
+                batches.append(current)
+                current, longest_if_added = [], len(tgt[i]) + 1
+            current.append(i)
+            longest = longest_if_added
+        if current:
+            batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(indices: list[int], src: list[list[int]], tgt: list[list[int]], device: torch.device) -> Batch:
+    src_batch, lengths = pad_batch([src[i] + [EOS] for i in indices], device=device)
+    tgt_in, _ = pad_batch([[BOS] + tgt[i] for i in indices], device=device)
+    tgt_out, _ = pad_batch([tgt[i] + [EOS] for i in indices], device=device)
+    return Batch(src_batch, lengths, tgt_in, tgt_out, int((tgt_out != PAD).sum()))
+
+
+def train_tokenizers(corpus: ParallelCorpus, config: Config) -> tuple[Tokenizer, Tokenizer]:
+    vocab = config.vocab
+    common = {"model_type": vocab.model_type, "character_coverage": vocab.character_coverage, "seed": config.train.seed}
+    if vocab.joint:
+        joint = Tokenizer.train(corpus.src + corpus.tgt, vocab_size=vocab.src_size, **common)
+        return joint, joint
+    return (
+        Tokenizer.train(corpus.src, vocab_size=vocab.src_size, **common),
+        Tokenizer.train(corpus.tgt, vocab_size=vocab.tgt_size, **common),
+    )
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Fail at start, not after an hour, when the output folder cannot take this run."""
+    if resume and not (run_dir / "last").exists():
+        raise RunDirError(f"cannot resume: {run_dir} has no checkpoint ({run_dir / 'last'} is missing)")
+    if not resume and (run_dir / "last").exists():
+        raise RunDirError(f"{run_dir} already holds a training run; pass --resume to continue it, or choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"\0" * 1024 * 1024)  # a full disk fails here, not at the first checkpoint
+        probe.unlink()
+    except OSError as error:
+        raise RunDirError(f"cannot write to the output folder {run_dir}: {error.strerror or error}") from error
+
+
+class Trainer:
+    def __init__(self, config: Config, run_dir: Path, *, resume: bool = False, max_steps: int = 0) -> None:
+        check_run_dir(run_dir, resume)
+        self.config = config
+        self.run_dir = run_dir
+        self.max_steps = max_steps  # stop after this many steps in total (0 = no limit); for tests
+        train_cfg = config.train
+        if train_cfg.threads > 0:
+            torch.set_num_threads(train_cfg.threads)
+        self.device = resolve_device(train_cfg.device)
+        random.seed(train_cfg.seed)
+        torch.manual_seed(train_cfg.seed)
+
+        train_raw = load_split(config.data.path, "train", config.data.src, config.data.tgt)
+        self.train_corpus, report = clean(train_raw, config.data.max_len, config.data.max_ratio)
+        self.valid_corpus = load_split(config.data.path, "validation", config.data.src, config.data.tgt)
+        log.info("training data: %s; validation: %d pairs", report, len(self.valid_corpus))
+
+        if resume:
+            loaded = load_model_dir(run_dir / "last", device=self.device)
+            self.model, self.src_tok, self.tgt_tok = loaded.model.train(), loaded.src_tokenizer, loaded.tgt_tokenizer
+        else:
+            self.src_tok, self.tgt_tok = train_tokenizers(self.train_corpus, config)
+            self.model = Seq2Seq.from_config(config.model, src_vocab=len(self.src_tok), tgt_vocab=len(self.tgt_tok))
+            self.model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=train_cfg.lr_decay, patience=train_cfg.lr_patience
+        )
+        self.progress = Progress()
+        if resume:
+            saved = load_training_state(run_dir / "last", self.optimizer)
+            self.progress = Progress(**saved)
+            self.scheduler.load_state_dict(self.progress.scheduler)
+            log.info("resumed %s at step %d (epoch %d, batch %d)", run_dir / "last", self.progress.step,
+                     self.progress.epoch, self.progress.batch_in_epoch)
+        log.info("model: %s parameters on %s", f"{self.model.num_parameters():,}", self.device)
+        self.valid_src = self.src_tok.encode(self.valid_corpus.src)
+        self.valid_tgt = self.tgt_tok.encode(self.valid_corpus.tgt)
+        self._last_save = time.monotonic()
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    def fit(self) -> Progress:
+        """Train until early stopping, the epoch limit, the time limit or the step limit."""
+        train_cfg = self.config.train
+        self._started = time.monotonic() - self.progress.elapsed
+        with (self.run_dir / "log.jsonl").open("a", encoding="utf-8") as self._log_file:
+            while self.progress.epoch <= train_cfg.max_epochs:
+                if self._train_epoch():
+                    break
+                # the checkpoint taken now resumes at the start of the next epoch
+                self.progress.epoch += 1
+                self.progress.batch_in_epoch = 0
+                if train_cfg.eval_every == 0 and self._validate_and_save():
+                    break
+        return self.progress
+
+    def _epoch_data(self) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+        """The epoch's pieces and batches, a pure function of (seed, epoch): a resumed run sees the same."""
+        seed = self.config.train.seed * 1000 + self.progress.epoch
+        seed_sampling(seed)
+        alpha = self.config.vocab.sampling_alpha
+        src = self.src_tok.encode(self.train_corpus.src, sampling_alpha=alpha)
+        tgt = self.tgt_tok.encode(self.train_corpus.tgt, sampling_alpha=alpha)
+        batches = make_batches(src, tgt, batch_tokens=self.config.train.batch_tokens, rng=random.Random(seed))
+        return src, tgt, batches
+
+    def _train_epoch(self) -> bool:
+        """The rest of the current epoch from the saved position; True when training should stop early."""
+        train_cfg = self.config.train
+        src, tgt, batches = self._epoch_data()
+        self.model.train()
+        bar = tqdm(total=len(batches), initial=self.progress.batch_in_epoch, desc=f"epoch {self.progress.epoch}",
+                   unit="batch", mininterval=1.0, dynamic_ncols=True)
+        window_tokens, window_loss, window_start = 0, 0.0, time.monotonic()
+        for indices in batches[self.progress.batch_in_epoch :]:
+            batch = collate(indices, src, tgt, self.device)
+            loss = self._step(batch)
+            self.progress.step += 1
+            self.progress.batch_in_epoch += 1
+            window_tokens += batch.tgt_tokens
+            window_loss += loss * batch.tgt_tokens
+            bar.update(1)
+            if self.progress.step % LOG_EVERY == 0:
+                seconds = time.monotonic() - window_start
+                figures = {"loss": window_loss / window_tokens, "lr": self._lr(), "tgt_tok_per_s": window_tokens / seconds}
+                bar.set_postfix(loss=f"{figures['loss']:.3f}", lr=f"{figures['lr']:.2g}", tok_s=f"{figures['tgt_tok_per_s']:.0f}")
+                self._write_log("train", **figures)
+                window_tokens, window_loss, window_start = 0, 0.0, time.monotonic()
+            out_of_time = train_cfg.max_minutes > 0 and self._elapsed() >= 60 * train_cfg.max_minutes
+            out_of_steps = self.max_steps > 0 and self.progress.step >= self.max_steps
+            if out_of_time or out_of_steps:
+                bar.close()
+                self._validate_and_save()
+                return True
+            if train_cfg.eval_every > 0 and self.progress.step % train_cfg.eval_every == 0:
+                if self._validate_and_save():
+                    bar.close()
+                    return True
+                self.model.train()
+            elif time.monotonic() - self._last_save >= 60 * train_cfg.save_every_minutes:
+                self._save(best=False)
+        bar.close()
+        return False
+
+    def _step(self, batch: Batch) -> float:
+        logits = self.model(batch.src, batch.lengths, batch.tgt_in)
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)),
+            batch.tgt_out.view(-1),
+            ignore_index=PAD,
+            label_smoothing=self.config.train.label_smoothing,
+            reduction="sum",
+        ) / batch.tgt_tokens
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.clip_norm)
+        self.optimizer.step()
+        return loss.item()
+
+    # --- validation and checkpoints ------------------------------------------------------------------
+
+    def _validate_and_save(self) -> bool:
+        """Validate, step the LR schedule and early stopping, checkpoint; True when training should stop."""
+        val_loss = self.validation_loss()
+        bleu = self.validation_bleu()
+        progress = self.progress
+        improved = bleu > progress.best_bleu
+        if improved:
+            progress.best_bleu, progress.best_step, progress.evals_without_improvement = bleu, progress.step, 0
+        else:
+            progress.evals_without_improvement += 1
+        self.scheduler.step(bleu)
+        self._write_log("eval", val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)), val_bleu=bleu, lr=self._lr(),
+                        best_bleu=progress.best_bleu)
+        tqdm.write(f"step {progress.step}: validation loss {val_loss:.3f}, greedy BLEU {bleu:.2f} "
+                   f"(best {progress.best_bleu:.2f} at step {progress.best_step}), lr {self._lr():.2g}, "
+                   f"{self._elapsed() / 60:.1f} min")
+        self._save(best=improved)
+        if progress.evals_without_improvement >= self.config.train.patience:
+            tqdm.write(f"early stopping: no better validation BLEU in {self.config.train.patience} evaluations")
+            return True
+        if self._lr() < self.config.train.min_lr:
+            tqdm.write(f"stopping: learning rate fell below {self.config.train.min_lr}")
+            return True
+        return False
+
+    @torch.inference_mode()
+    def validation_loss(self) -> float:
+        """Per-token cross-entropy (no smoothing) of the validation references under teacher forcing."""
+        self.model.eval()
+        total, tokens = 0.0, 0
+        order = sorted(range(len(self.valid_src)), key=lambda i: len(self.valid_tgt[i]))
+        for start in range(0, len(order), 100):
+            batch = collate(order[start : start + 100], self.valid_src, self.valid_tgt, self.device)
+            logits = self.model(batch.src, batch.lengths, batch.tgt_in)
+            total += float(F.cross_entropy(logits.view(-1, logits.size(-1)), batch.tgt_out.view(-1),
+                                           ignore_index=PAD, reduction="sum"))
+            tokens += batch.tgt_tokens
+        self.model.train()
+        return total / tokens
+
+    def validation_bleu(self) -> float:
+        """Corpus BLEU of greedy translations of the validation set (or its first `eval_max_sentences`)."""
+        limit = self.config.train.eval_max_sentences or len(self.valid_corpus)
+        translator = Translator(model=self.model, src_tokenizer=self.src_tok, tgt_tokenizer=self.tgt_tok)
+        outputs = translator.translate(self.valid_corpus.src[:limit], DecodeConfig(beam_size=1, batch_size=200))
+        return float(sacrebleu.corpus_bleu([o.text for o in outputs], [self.valid_corpus.tgt[:limit]]).score)
+
+    def _save(self, *, best: bool) -> None:
+        self.progress.elapsed = self._elapsed()
+        self.progress.scheduler = self.scheduler.state_dict()
+        trainer_state = {k: v for k, v in vars(self.progress).items()}
+
+        def write(path: Path) -> None:
+            save_model_dir(path, self.model, self.config, self.src_tok, self.tgt_tok)
+            save_training_state(path, self.optimizer, trainer_state)
+
+        checkpoint = commit_checkpoint(self.run_dir, self.progress.step, write)
+        if best:
+            point_link(self.run_dir, "best", checkpoint)
+        point_link(self.run_dir, "last", checkpoint)
+        prune_checkpoints(self.run_dir, KEEP_CHECKPOINTS)
+        self._last_save = time.monotonic()
+
+    # --- bookkeeping ---------------------------------------------------------------------------------
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def _write_log(self, event: str, **figures: float) -> None:
+        record = {"event": event, "step": self.progress.step, "epoch": self.progress.epoch,
+                  "minutes": round(self._elapsed() / 60, 3), **{k: round(v, 5) for k, v in figures.items()}}
+        self._log_file.write(json.dumps(record) + "\n")
+        self._log_file.flush()

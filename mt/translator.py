@@ -1,0 +1,133 @@
+"""`Translator`: the one inference path. The CLI, the evaluation, validation during training and the
+service all translate through it.
+
+Data flows one way: text -> source tokenizer -> encoder -> search over decoder steps -> target
+tokenizer -> text. Sentences are decoded in batches of similar length and returned in input order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mt.checkpoint import load_model_dir
+from mt.config import DecodeConfig
+from mt.model import Seq2Seq, pad_batch
+from mt.search import Hypothesis, beam_search, greedy_search
+from mt.tokenizer import BOS, EOS, Tokenizer
+
+
+@dataclass
+class Candidate:
+    text: str
+    score: float  # length-normalized log-probability
+    pieces: list[str]  # target pieces
+    attention: list[list[float]]  # (len(pieces), len(source_pieces)): where each target piece looked
+
+
+@dataclass
+class Translation:
+    source_pieces: list[str]  # the pieces the encoder read, ending in </s>
+    candidates: list[Candidate]  # n-best, best first
+
+    @property
+    def text(self) -> str:
+        return self.candidates[0].text
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; anything else as torch understands it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name} was asked for, but CUDA is not available on this machine")
+    return device
+
+
+class Translator:
+    def __init__(
+        self,
+        *,
+        model: Seq2Seq,
+        src_tokenizer: Tokenizer,
+        tgt_tokenizer: Tokenizer,
+        decode: DecodeConfig | None = None,
+    ) -> None:
+        self.model = model
+        self.src_tokenizer = src_tokenizer
+        self.tgt_tokenizer = tgt_tokenizer
+        self.decode = decode or DecodeConfig()  # the model's defaults; each call may override
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_dir(cls, path: str | Path, *, device: str = "auto") -> Translator:
+        loaded = load_model_dir(path, device=resolve_device(device))
+        return cls(
+            model=loaded.model,
+            src_tokenizer=loaded.src_tokenizer,
+            tgt_tokenizer=loaded.tgt_tokenizer,
+            decode=loaded.config.decode,
+        )
+
+    def translate(self, texts: list[str], decode: DecodeConfig | None = None) -> list[Translation]:
+        """Translate `texts`; the result at index i is the translation of texts[i]."""
+        decode = decode or self.decode
+        if not 1 <= decode.n_best <= decode.beam_size:
+            raise ValueError(f"n_best must be between 1 and beam_size ({decode.beam_size}), got {decode.n_best}")
+        sources = [ids + [EOS] for ids in self.src_tokenizer.encode([t.strip() for t in texts])]
+        results: list[Translation | None] = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(sources[i]))
+        for start in range(0, len(order), decode.batch_size):
+            chunk = order[start : start + decode.batch_size]
+            for index, hypotheses in zip(chunk, self._search([sources[i] for i in chunk], decode), strict=True):
+                results[index] = self._translation(sources[index], hypotheses)
+        return [r for r in results if r is not None]
+
+    def _search(self, sources: list[list[int]], decode: DecodeConfig) -> list[list[Hypothesis]]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                src, lengths = pad_batch(sources, device=self.device)
+                state = self.model.encode(src, lengths)
+                max_lengths = (lengths.float() * decode.max_len_a + decode.max_len_b).floor().long()
+                if decode.beam_size == 1:
+                    return greedy_search(
+                        self.model.decoder.step,
+                        state,
+                        max_lengths=max_lengths,
+                        bos=BOS,
+                        eos=EOS,
+                        length_penalty_alpha=decode.length_penalty,
+                    )
+                return beam_search(
+                    self.model.decoder.step,
+                    state,
+                    max_lengths=max_lengths,
+                    beam_size=decode.beam_size,
+                    bos=BOS,
+                    eos=EOS,
+                    length_penalty_alpha=decode.length_penalty,
+                    n_best=decode.n_best,
+                )
+        finally:
+            self.model.train(was_training)
+
+    def _translation(self, source: list[int], hypotheses: list[Hypothesis]) -> Translation:
+        source_pieces = self.src_tokenizer.pieces(source[:-1]) + ["</s>"]
+        if len(source) == 1:  # nothing but </s>: empty in, empty out
+            return Translation(source_pieces, [Candidate(text="", score=0.0, pieces=[], attention=[])])
+        candidates = [
+            Candidate(
+                text=self.tgt_tokenizer.decode(h.tokens),
+                score=h.score if math.isfinite(h.score) else float("-inf"),
+                pieces=self.tgt_tokenizer.pieces(h.tokens),
+                attention=h.attention[:, : len(source)].float().cpu().tolist(),
+            )
+            for h in hypotheses
+        ]
+        return Translation(source_pieces, candidates)

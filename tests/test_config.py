@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mt.config import Config, ConfigError, set_field
+
+
+def test_yaml_file_overrides_only_the_keys_it_names(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  cell: lstm\n  dec_hidden: 128\ntrain:\n  lr: 0.0005\n", encoding="utf-8")
+    config = Config.load(path)
+    assert (config.model.cell, config.model.dec_hidden, config.train.lr) == ("lstm", 128, 0.0005)
+    assert config.model.emb_size == Config().model.emb_size
+
+
+def test_command_line_strings_are_converted_to_the_field_type() -> None:
+    config = Config()
+    set_field(config, "train.lr", "0.002")
+    set_field(config, "model.tie_embeddings", "false")
+    set_field(config, "train.max_epochs", "3")
+    assert (config.train.lr, config.model.tie_embeddings, config.train.max_epochs) == (0.002, False, 3)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("model.cell", "transformer", "must be one of"),
+        ("train.max_epochs", "many", "must be an integer"),
+        ("train.nonsense", "1", "unknown config key 'train.nonsense'"),
+        ("training.lr", "1", "unknown config section 'training'"),
+        ("model.tie_embeddings", "maybe", "true or false"),
+    ],
+)
+def test_bad_overrides_say_which_key_and_why(key: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        set_field(Config(), key, value)
+
+
+def test_round_trip_through_json(tmp_path: Path) -> None:
+    config = Config()
+    config.model.cell = "lstm"
+    config.save(tmp_path / "config.json")
+    assert Config.load(tmp_path / "config.json") == config
+
+
+def test_invalid_yaml_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        Config.load(path)

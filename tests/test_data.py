@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mt.data import CorpusError, ParallelCorpus, clean, load_split
+
+
+def test_jsonl_folder_loads_the_requested_languages(tmp_path: Path) -> None:
+    rows = [{"de": " Ein Hund. ", "en": "A dog.", "fr": "Un chien."}, {"de": "Zwei Katzen.", "en": "Two cats.", "fr": "x"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    corpus = load_split(str(tmp_path), "train", "de", "en")
+    assert corpus.src == ["Ein Hund.", "Zwei Katzen."]
+    assert corpus.tgt == ["A dog.", "Two cats."]
+
+
+def test_plain_text_pair_loads_line_by_line(tmp_path: Path) -> None:
+    (tmp_path / "train.de").write_text("Ein Hund.\nZwei Katzen.\n", encoding="utf-8")
+    (tmp_path / "train.en").write_text("A dog.\nTwo cats.\n", encoding="utf-8")
+    corpus = load_split(str(tmp_path), "train", "de", "en")
+    assert (corpus.src, corpus.tgt) == (["Ein Hund.", "Zwei Katzen."], ["A dog.", "Two cats."])
+
+
+def test_shared_multi30k_folder_loads_when_present() -> None:
+    folder = Path(__file__).parents[1] / ".." / "shared" / "data" / "multi30k"
+    if not folder.is_dir():
+        pytest.skip("../shared/data/multi30k is not beside the project")
+    corpus = load_split(str(folder), "validation", "de", "en")
+    assert len(corpus) == 1014
+    assert corpus.src[0] and corpus.tgt[0]
+
+
+def test_missing_language_key_names_file_and_line(tmp_path: Path) -> None:
+    lines = [{"de": "a", "en": "b"}, {"de": "c", "en": "d"}, {"de": "e"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"train\.jsonl, line 3: missing .* 'en'"):
+        load_split(str(tmp_path), "train", "de", "en")
+
+
+def test_language_absent_from_every_row_is_named(tmp_path: Path) -> None:
+    (tmp_path / "train.jsonl").write_text(json.dumps({"de": "a", "en": "b"}) + "\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match="language key 'cs'"):
+        load_split(str(tmp_path), "train", "de", "cs")
+
+
+def test_parallel_files_with_different_line_counts_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "train.de").write_text("a\nb\nc\n", encoding="utf-8")
+    (tmp_path / "train.en").write_text("a\nb\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"train\.de has 3 lines but .*train\.en has 2.*shorter file: 3"):
+        load_split(str(tmp_path), "train", "de", "en")
+
+
+def test_missing_side_of_a_plain_text_pair_is_named(tmp_path: Path) -> None:
+    (tmp_path / "train.de").write_text("a\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"train\.en does not exist"):
+        load_split(str(tmp_path), "train", "de", "en")
+
+
+def test_empty_split_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "validation.de").write_text("", encoding="utf-8")
+    (tmp_path / "validation.en").write_text("", encoding="utf-8")
+    with pytest.raises(CorpusError, match="empty"):
+        load_split(str(tmp_path), "validation", "de", "en")
+
+
+def test_empty_jsonl_split_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "test.jsonl").write_text("", encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"test\.jsonl is empty"):
+        load_split(str(tmp_path), "test", "de", "en")
+
+
+def test_path_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CorpusError, match="does not exist"):
+        load_split(str(tmp_path / "nowhere"), "train", "de", "en")
+
+
+def test_folder_without_the_split_says_what_it_looked_for(tmp_path: Path) -> None:
+    with pytest.raises(CorpusError, match=r"neither test\.jsonl nor test\.de \+ test\.en"):
+        load_split(str(tmp_path), "test", "de", "en")
+
+
+def test_cleaning_drops_and_counts_empty_long_and_unbalanced_pairs() -> None:
+    corpus = ParallelCorpus(
+        src=["ein hund", "", "a b c d e f g h i j", "eins zwei drei vier fünf", "ja"],
+        tgt=["a dog", "nothing", "a b", "one", "yes yes"],
+    )
+    kept, report = clean(corpus, max_len=8, max_ratio=3.0)
+    assert kept.src == ["ein hund", "ja"]
+    assert (report.kept, report.empty, report.too_long, report.bad_ratio) == (2, 1, 1, 1)
+    assert report.dropped == 3
+    assert "dropped 3" in str(report)

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mt.train import RunDirError, Trainer, make_batches
+from mt.translator import Translator
+
+from .conftest import tiny_config
+
+
+def test_batches_cover_every_sentence_once_within_the_token_budget() -> None:
+    rng = random.Random(0)
+    src = [[5] * rng.randint(1, 30) for _ in range(500)]
+    tgt = [[6] * rng.randint(1, 30) for _ in range(500)]
+    batches = make_batches(src, tgt, batch_tokens=120, rng=random.Random(1))
+    assert sorted(i for batch in batches for i in batch) == list(range(500))
+    for batch in batches:
+        assert len(batch) * max(len(tgt[i]) + 1 for i in batch) <= 120 or len(batch) == 1
+
+
+def test_batches_are_a_function_of_the_seed() -> None:
+    src = tgt = [[5] * (i % 17 + 1) for i in range(300)]
+    first = make_batches(src, tgt, batch_tokens=100, rng=random.Random(3))
+    assert first == make_batches(src, tgt, batch_tokens=100, rng=random.Random(3))
+    assert first != make_batches(src, tgt, batch_tokens=100, rng=random.Random(4))
+
+
+def test_training_learns_to_reverse_sequences(reverse_corpus: Path, tmp_path: Path) -> None:
+    """A model that learned nothing, or whose attention is broken, stays far below this BLEU."""
+    config = tiny_config(reverse_corpus, max_epochs=6)
+    untrained_bleu = Trainer(config, tmp_path / "untrained", max_steps=1).validation_bleu()
+    progress = Trainer(config, tmp_path / "run").fit()
+    assert untrained_bleu < 5
+    assert progress.best_bleu > 60
+    translator = Translator.from_dir(tmp_path / "run" / "best", device="cpu")
+    assert translator.translate(["alpha bravo charlie"])[0].text == "CHARLIE BRAVO ALPHA"
+
+
+def test_a_resumed_run_ends_in_the_same_state_as_an_uninterrupted_one(reverse_corpus: Path, tmp_path: Path) -> None:
+    config = tiny_config(reverse_corpus, max_epochs=2, eval_every=15)
+    config.model.dropout = 0.2  # dropout masks must continue from the saved RNG state
+    config.vocab.sampling_alpha = 0.1  # so must the subword samples
+    Trainer(config, tmp_path / "straight", max_steps=40).fit()
+    Trainer(config, tmp_path / "interrupted", max_steps=22).fit()  # stops mid-epoch, between evaluations
+    Trainer(config, tmp_path / "interrupted", resume=True, max_steps=40).fit()
+
+    straight = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "interrupted" / "last" / "model.safetensors"))
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    straight_state = json.loads((tmp_path / "straight" / "last" / "trainer.json").read_text())
+    resumed_state = json.loads((tmp_path / "interrupted" / "last" / "trainer.json").read_text())
+    for key in ("step", "epoch", "batch_in_epoch", "best_bleu", "best_step"):
+        assert straight_state[key] == resumed_state[key], key
+
+
+def test_a_folder_holding_a_run_is_not_overwritten(reverse_corpus: Path, tmp_path: Path) -> None:
+    config = tiny_config(reverse_corpus)
+    Trainer(config, tmp_path / "run", max_steps=2).fit()
+    with pytest.raises(RunDirError, match="already holds a training run; pass --resume"):
+        Trainer(config, tmp_path / "run")
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(reverse_corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(RunDirError, match="cannot resume: .* has no checkpoint"):
+        Trainer(tiny_config(reverse_corpus), tmp_path / "empty", resume=True)
+
+
+def test_unwritable_output_folder_fails_at_start(reverse_corpus: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RunDirError, match="cannot write to the output folder"):
+        Trainer(tiny_config(reverse_corpus), blocker / "run")
+
+
+def test_training_log_records_loss_and_validation(reverse_corpus: Path, tmp_path: Path) -> None:
+    Trainer(tiny_config(reverse_corpus, eval_every=10), tmp_path / "run", max_steps=20).fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["event"] == "eval"]
+    assert [r["step"] for r in evals] == [10, 20]
+    assert all({"val_loss", "val_bleu", "lr", "minutes"} <= r.keys() for r in evals)
