@@ -20,7 +20,8 @@ class AdditiveAttention(nn.Module):
 
     def project_keys(self, values: Tensor) -> Tensor:
         """(batch, src_len, key_size) -> (batch, src_len, attn_size), once per sentence."""
-        return self.key_layer(values)
+        keys: Tensor = self.key_layer(values)
+        return keys
 
     def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Weigh `values` by how well their keys match `query`.

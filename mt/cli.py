@@ -26,9 +26,14 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: list[str]) -> N
         for name, kind in section_fields(section).items():
             default = getattr(getattr(defaults, section), name)
             choices = list(typing.get_args(kind)) if typing.get_origin(kind) is typing.Literal else None
-            group.add_argument(f"--{section}.{name}", dest=f"cfg:{section}.{name}", metavar=kind.__name__.upper()
-                               if isinstance(kind, type) else "CHOICE", choices=choices, default=None,
-                               help=f"(default: {default})")
+            group.add_argument(
+                f"--{section}.{name}",
+                dest=f"cfg:{section}.{name}",
+                metavar=kind.__name__.upper() if isinstance(kind, type) else "CHOICE",
+                choices=choices,
+                default=None,
+                help=f"(default: {default})",
+            )
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, str]:
@@ -55,9 +60,10 @@ def _decode_config(args: argparse.Namespace, translator_decode: typing.Any) -> t
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mt.train import Trainer
+    from mt.train import Trainer, check_run_dir
 
     out = Path(args.out)
+    check_run_dir(out, args.resume)  # before reading the run's config, so the error says what is wrong
     if args.resume:
         config = Config.load(out / "last" / CONFIG)
     else:
@@ -117,7 +123,9 @@ def _model_config(model_dir: str) -> Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mt", description="Recurrent neural machine translation: train, translate, evaluate.")
+    parser = argparse.ArgumentParser(
+        prog="mt", description="Recurrent neural machine translation: train, translate, evaluate."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -155,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
     try:
         return int(args.func(args))
     except (ConfigError, CorpusError, ModelDirError, ValueError, OSError) as error:

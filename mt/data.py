@@ -105,9 +105,10 @@ def _load_text_pair(src_file: Path, tgt_file: Path) -> ParallelCorpus:
     )
     src_lines, tgt_lines = table["src"]["text"], table["tgt"]["text"]
     if len(src_lines) != len(tgt_lines):
+        first_unpaired = min(len(src_lines), len(tgt_lines)) + 1
         raise CorpusError(
-            f"{src_file} has {len(src_lines)} lines but {tgt_file} has {len(tgt_lines)}; "
-            f"parallel files must be line-aligned (first line past the shorter file: {min(len(src_lines), len(tgt_lines)) + 1})"
+            f"{src_file} has {len(src_lines)} lines but {tgt_file} has {len(tgt_lines)}; parallel files must be "
+            f"line-aligned (first line past the shorter file: {first_unpaired})"
         )
     return ParallelCorpus([s.strip() for s in src_lines], [t.strip() for t in tgt_lines])
 

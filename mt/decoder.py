@@ -132,7 +132,8 @@ class Decoder(nn.Module):
     def _logits(self, hidden: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
         """Deep output: (..., hidden), (..., enc_size), (..., emb_size) -> (..., vocab)."""
         readout = torch.tanh(self.readout(torch.cat([self.dropout(hidden), context, embedded], dim=-1)))
-        return self.output(self.dropout(readout))
+        logits: Tensor = self.output(self.dropout(readout))
+        return logits
 
     def forward(self, tgt_in: Tensor, state: DecoderState) -> Tensor:
         """Teacher forcing. tgt_in: (batch, tgt_len) starting with <s> -> logits (batch, tgt_len, vocab)."""

@@ -42,7 +42,8 @@ class Seq2Seq(nn.Module):
 
     def forward(self, src: Tensor, lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits (batch, tgt_len, vocab) for target inputs (batch, tgt_len)."""
-        return self.decoder(tgt_in, self.encode(src, lengths))
+        logits: Tensor = self.decoder(tgt_in, self.encode(src, lengths))
+        return logits
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

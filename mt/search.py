@@ -34,7 +34,7 @@ class Hypothesis:
 
 def length_penalty(length: int, alpha: float) -> float:
     """GNMT length penalty lp(Y) = ((5 + |Y|) / 6) ** alpha (Wu et al. 2016, eq. 14); alpha 0 = none."""
-    return ((5.0 + length) / 6.0) ** alpha
+    return float(((5.0 + length) / 6.0) ** alpha)
 
 
 def _hypothesis(tokens: list[int], log_prob: float, attention: Tensor, alpha: float) -> Hypothesis:
@@ -81,7 +81,13 @@ def greedy_search(
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            rows, best, tokens, attention, log_prob = rows[keep], best[keep], tokens[keep], attention[keep], log_prob[keep]
+            rows, best, tokens, attention, log_prob = (
+                rows[keep],
+                best[keep],
+                tokens[keep],
+                attention[keep],
+                log_prob[keep],
+            )
             state = state.select(keep)
         tokens = torch.cat([tokens, best.unsqueeze(1)], dim=1)
         prev = best
@@ -144,7 +150,9 @@ def beam_search(
         for sentence, rank in ends:
             row = int(origin[sentence, rank])
             finished[int(sentences[sentence])].append(
-                _hypothesis(tokens[row].tolist(), float(top_scores[sentence, rank]), attention[row, :t], length_penalty_alpha)
+                _hypothesis(
+                    tokens[row].tolist(), float(top_scores[sentence, rank]), attention[row, :t], length_penalty_alpha
+                )
             )
 
         # the best k continuations that do not end live on (there are always k: at most k end)

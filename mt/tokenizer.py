@@ -70,12 +70,16 @@ class Tokenizer:
         Samples are reproducible after `seed_sampling(seed)`: they are drawn on one thread, because
         SentencePiece gives each worker thread its own copy of the seeded generator.
         """
+        ids: list[list[int]]
         if sampling_alpha > 0:
-            return self.sp.encode(texts, enable_sampling=True, alpha=sampling_alpha, nbest_size=-1, num_threads=1)
-        return self.sp.encode(texts)
+            ids = self.sp.encode(texts, enable_sampling=True, alpha=sampling_alpha, nbest_size=-1, num_threads=1)
+        else:
+            ids = self.sp.encode(texts)
+        return ids
 
     def pieces(self, ids: list[int]) -> list[str]:
         return [self.sp.id_to_piece(i) for i in ids]
 
     def decode(self, ids: list[int]) -> str:
-        return self.sp.decode(ids)
+        text: str = self.sp.decode(ids)
+        return text

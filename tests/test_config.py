@@ -48,5 +48,5 @@ def test_round_trip_through_json(tmp_path: Path) -> None:
 def test_invalid_yaml_file_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text("model: [unclosed\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="broken.yaml"):
+    with pytest.raises(ConfigError, match=r"broken.yaml"):
         Config.load(path)

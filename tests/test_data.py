@@ -9,7 +9,10 @@ from mt.data import CorpusError, ParallelCorpus, clean, load_split
 
 
 def test_jsonl_folder_loads_the_requested_languages(tmp_path: Path) -> None:
-    rows = [{"de": " Ein Hund. ", "en": "A dog.", "fr": "Un chien."}, {"de": "Zwei Katzen.", "en": "Two cats.", "fr": "x"}]
+    rows = [
+        {"de": " Ein Hund. ", "en": "A dog.", "fr": "Un chien."},
+        {"de": "Zwei Katzen.", "en": "Two cats.", "fr": "x"},
+    ]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     corpus = load_split(str(tmp_path), "train", "de", "en")
     assert corpus.src == ["Ein Hund.", "Zwei Katzen."]

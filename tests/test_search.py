@@ -50,7 +50,12 @@ def start(batch: int = 1) -> History:
 
 
 # greedy takes A (0.55) and ends with A A </s> (p = 0.198); beam search finds B </s> (p = 0.4275)
-GARDEN_PATH = {(): {A: 0.55, B: 0.45}, (A,): {A: 0.36, B: 0.34, EOS: 0.30}, (A, A): {EOS: 1.0}, (B,): {EOS: 0.95, C: 0.05}}
+GARDEN_PATH = {
+    (): {A: 0.55, B: 0.45},
+    (A,): {A: 0.36, B: 0.34, EOS: 0.30},
+    (A, A): {EOS: 1.0},
+    (B,): {EOS: 0.95, C: 0.05},
+}
 
 
 def test_greedy_follows_the_most_probable_piece_and_stops_at_eos() -> None:
@@ -61,7 +66,12 @@ def test_greedy_follows_the_most_probable_piece_and_stops_at_eos() -> None:
 
 def test_beam_search_finds_the_better_sequence_greedy_misses() -> None:
     [[hyp]] = beam_search(
-        table_step(GARDEN_PATH), start(), max_lengths=torch.tensor([10]), beam_size=2, bos=BOS, eos=EOS,
+        table_step(GARDEN_PATH),
+        start(),
+        max_lengths=torch.tensor([10]),
+        beam_size=2,
+        bos=BOS,
+        eos=EOS,
         length_penalty_alpha=0.0,
     )
     assert hyp.tokens == [B]
@@ -95,23 +105,26 @@ def test_eos_is_forced_at_the_max_length() -> None:
         if search == "greedy":
             [[hyp]] = greedy_search(table_step(never_ends), start(), max_lengths=torch.tensor([4]), bos=BOS, eos=EOS)
         else:
-            [[hyp]] = beam_search(table_step(never_ends), start(), max_lengths=torch.tensor([4]), beam_size=3,
-                                  bos=BOS, eos=EOS)
+            [[hyp]] = beam_search(
+                table_step(never_ends), start(), max_lengths=torch.tensor([4]), beam_size=3, bos=BOS, eos=EOS
+            )
         assert hyp.tokens == [A] * 4
         assert hyp.attention.shape == (4, SRC_LEN)
 
 
 def test_each_sentence_of_a_batch_stops_at_its_own_max_length() -> None:
     never_ends = {(A,) * n: {A: 1.0} for n in range(20)}
-    results = beam_search(table_step(never_ends), start(3), max_lengths=torch.tensor([2, 5, 3]), beam_size=2,
-                          bos=BOS, eos=EOS)
+    results = beam_search(
+        table_step(never_ends), start(3), max_lengths=torch.tensor([2, 5, 3]), beam_size=2, bos=BOS, eos=EOS
+    )
     assert [len(hyps[0].tokens) for hyps in results] == [2, 5, 3]
 
 
 def test_n_best_larger_than_beam_is_refused() -> None:
     with pytest.raises(ValueError, match="n_best"):
-        beam_search(table_step(GARDEN_PATH), start(), max_lengths=torch.tensor([5]), beam_size=2, bos=BOS, eos=EOS,
-                    n_best=3)
+        beam_search(
+            table_step(GARDEN_PATH), start(), max_lengths=torch.tensor([5]), beam_size=2, bos=BOS, eos=EOS, n_best=3
+        )
 
 
 # --- on a tiny seeded model ---------------------------------------------------------------------------
@@ -134,8 +147,9 @@ def test_beam_size_one_equals_greedy(cell: str) -> None:
     src, lengths = pad_batch(sources())
     max_lengths = lengths * 2
     greedy = greedy_search(model.decoder.step, model.encode(src, lengths), max_lengths=max_lengths, bos=BOS, eos=EOS)
-    beam = beam_search(model.decoder.step, model.encode(src, lengths), max_lengths=max_lengths, beam_size=1,
-                       bos=BOS, eos=EOS)
+    beam = beam_search(
+        model.decoder.step, model.encode(src, lengths), max_lengths=max_lengths, beam_size=1, bos=BOS, eos=EOS
+    )
     assert [g[0].tokens for g in greedy] == [b[0].tokens for b in beam]
     for g, b in zip(greedy, beam, strict=True):
         assert g[0].log_prob == pytest.approx(b[0].log_prob, abs=1e-4)
@@ -145,12 +159,20 @@ def test_batched_beam_search_equals_one_sentence_at_a_time() -> None:
     model = tiny_model()
     batch = sources()
     src, lengths = pad_batch(batch)
-    together = beam_search(model.decoder.step, model.encode(src, lengths), max_lengths=lengths * 2, beam_size=4,
-                           bos=BOS, eos=EOS, n_best=2)
+    together = beam_search(
+        model.decoder.step, model.encode(src, lengths), max_lengths=lengths * 2, beam_size=4, bos=BOS, eos=EOS, n_best=2
+    )
     for sentence, hyps in zip(batch, together, strict=True):
         one, one_length = pad_batch([sentence])
-        [alone] = beam_search(model.decoder.step, model.encode(one, one_length), max_lengths=one_length * 2,
-                              beam_size=4, bos=BOS, eos=EOS, n_best=2)
+        [alone] = beam_search(
+            model.decoder.step,
+            model.encode(one, one_length),
+            max_lengths=one_length * 2,
+            beam_size=4,
+            bos=BOS,
+            eos=EOS,
+            n_best=2,
+        )
         assert [h.tokens for h in hyps] == [h.tokens for h in alone]
         assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-4)
         assert torch.allclose(hyps[0].attention[:, : len(sentence)], alone[0].attention, atol=1e-5)

@@ -69,7 +69,7 @@ def test_a_folder_holding_a_run_is_not_overwritten(reverse_corpus: Path, tmp_pat
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(reverse_corpus: Path, tmp_path: Path) -> None:
-    with pytest.raises(RunDirError, match="cannot resume: .* has no checkpoint"):
+    with pytest.raises(RunDirError, match=r"cannot resume: .* has no checkpoint"):
         Trainer(tiny_config(reverse_corpus), tmp_path / "empty", resume=True)
 
 

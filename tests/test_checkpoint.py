@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mt.checkpoint import ModelDirError, load_model_dir, save_model_dir
+from mt.train import Trainer
+from mt.translator import Translator
+
+from .conftest import tiny_config
+
+SENTENCES = ["alpha bravo", "kilo lima echo golf", "hotel"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(reverse_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("ckpt") / "run"
+    Trainer(tiny_config(reverse_corpus), run, max_steps=30).fit()
+    return run / "best"
+
+
+def copy_of(model_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "model"
+    shutil.copytree(model_dir, target)
+    return target
+
+
+def test_round_trip_gives_identical_translations(model_dir: Path, tmp_path: Path) -> None:
+    loaded = load_model_dir(model_dir)
+    save_model_dir(tmp_path / "copy", loaded.model, loaded.config, loaded.src_tokenizer, loaded.tgt_tokenizer)
+    first = Translator.from_dir(model_dir, device="cpu").translate(SENTENCES)
+    second = Translator.from_dir(tmp_path / "copy", device="cpu").translate(SENTENCES)
+    assert [t.text for t in first] == [t.text for t in second]
+    assert [t.candidates[0].score for t in first] == [t.candidates[0].score for t in second]
+
+
+def test_half_precision_weights_load_and_translate(model_dir: Path, tmp_path: Path) -> None:
+    half = copy_of(model_dir, tmp_path)
+    weights = load_file(str(half / "model.safetensors"))
+    save_file({k: v.half().clone() for k, v in weights.items()}, str(half / "model.safetensors"))
+    assert len(Translator.from_dir(half, device="cpu").translate(SENTENCES)) == 3
+
+
+def test_missing_directory_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ModelDirError, match=r"model directory .*nowhere does not exist"):
+        load_model_dir(tmp_path / "nowhere")
+
+
+def test_missing_part_is_named(model_dir: Path, tmp_path: Path) -> None:
+    broken = copy_of(model_dir, tmp_path)
+    (broken / "tgt.spm").unlink()
+    with pytest.raises(ModelDirError, match=r"has no tgt.spm"):
+        load_model_dir(broken)
+
+
+def test_truncated_weights_are_refused(model_dir: Path, tmp_path: Path) -> None:
+    broken = copy_of(model_dir, tmp_path)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelDirError, match="not a readable safetensors file"):
+        load_model_dir(broken)
+
+
+def test_weights_that_do_not_match_the_config_are_refused(model_dir: Path, tmp_path: Path) -> None:
+    broken = copy_of(model_dir, tmp_path)
+    config = json.loads((broken / "config.json").read_text())
+    config["model"]["dec_hidden"] += 8
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelDirError, match=r"does not match .*config.json.*shape"):
+        load_model_dir(broken)
+
+
+def test_weights_with_nan_are_refused(model_dir: Path, tmp_path: Path) -> None:
+    broken = copy_of(model_dir, tmp_path)
+    weights = {k: v.clone() for k, v in load_file(str(broken / "model.safetensors")).items()}
+    weights["decoder.readout.bias"][0] = float("nan")
+    save_file(weights, str(broken / "model.safetensors"))
+    with pytest.raises(ModelDirError, match="NaN"):
+        load_model_dir(broken)
+
+
+def test_a_pickle_in_place_of_the_weights_is_refused_without_unpickling(model_dir: Path, tmp_path: Path) -> None:
+    broken = copy_of(model_dir, tmp_path)
+    weights = {k: v.clone() for k, v in load_file(str(broken / "model.safetensors")).items()}
+    torch.save(weights, broken / "model.safetensors")
+    with pytest.raises(ModelDirError, match="not a readable safetensors file"):
+        load_model_dir(broken)
+
+
+def test_invalid_config_is_named(model_dir: Path, tmp_path: Path) -> None:
+    broken = copy_of(model_dir, tmp_path)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ModelDirError, match=r"config.json is not a valid model config"):
+        load_model_dir(broken)

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mt.cli import main
+
+TINY_FLAGS = [
+    "--vocab.src_size", "40", "--vocab.tgt_size", "40", "--model.emb_size", "16", "--model.enc_hidden", "16",
+    "--model.dec_hidden", "32", "--model.attn_size", "16", "--train.batch_tokens", "400", "--train.lr", "0.01",
+    "--train.threads", "1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(reverse_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "run"
+    code = main(
+        [
+            "train",
+            "--data",
+            str(reverse_corpus),
+            "--src",
+            "src",
+            "--tgt",
+            "tgt",
+            "--out",
+            str(out),
+            "--max-steps",
+            "40",
+            *TINY_FLAGS,
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_train_writes_best_and_last_model_directories(trained: Path) -> None:
+    for name in ("best", "last"):
+        assert {"model.safetensors", "config.json", "src.spm", "tgt.spm"} <= {
+            p.name for p in (trained / name).iterdir()
+        }
+
+
+def test_translate_reads_and_writes_files(trained: Path, tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("alpha bravo\nkilo\n\n", encoding="utf-8")
+    code = main(
+        [
+            "translate",
+            "--model",
+            str(trained / "best"),
+            "--input",
+            str(tmp_path / "in.txt"),
+            "--output",
+            str(tmp_path / "out.txt"),
+            "--decode.beam_size",
+            "3",
+        ]
+    )
+    assert code == 0
+    lines = (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n")
+    assert len(lines) == 4 and lines[2] == "" and lines[3] == ""  # three lines in, three out; empty stays empty
+
+
+def test_translate_prints_n_best_lists(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("alpha bravo\n"))
+    assert main(["translate", "--model", str(trained / "best"), "--decode.beam_size", "3", "--decode.n_best", "3"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 3 and all(row.startswith("0 ||| ") for row in rows)
+
+
+def test_evaluate_prints_bleu_chrf_signature_and_settings(
+    trained: Path, reverse_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hyp = tmp_path / "hyp.txt"
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(trained / "best"),
+            "--data",
+            str(reverse_corpus),
+            "--split",
+            "test",
+            "--hyp",
+            str(hyp),
+            "--decode.beam_size",
+            "2",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "BLEU" in out and "chrF" in out and "tok:13a" in out and "case:mixed" in out and "beam_size=2" in out
+    assert len(hyp.read_text(encoding="utf-8").splitlines()) == 100
+
+
+def test_evaluate_on_source_and_reference_files(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "src.txt").write_text("alpha bravo\nkilo lima\n", encoding="utf-8")
+    (tmp_path / "ref.txt").write_text("BRAVO ALPHA\nLIMA KILO\n", encoding="utf-8")
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(trained / "best"),
+            "--src",
+            str(tmp_path / "src.txt"),
+            "--ref",
+            str(tmp_path / "ref.txt"),
+            "--hyp",
+            str(tmp_path / "hyp.txt"),
+        ]
+    )
+    assert code == 0
+    assert "src: BLEU" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["translate", "--model", "/nonexistent"], "model directory /nonexistent does not exist"),
+        (["train", "--data", "/nonexistent", "--out", "OUT"], "corpus path /nonexistent does not exist"),
+        (["train", "--out", "OUT", "--train.lr", "fast"], "train.lr must be a number"),
+        (["train", "--out", "OUT", "--resume"], "cannot resume"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_and_exit_code_2(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_same_command() -> None:
+    result = subprocess.run([sys.executable, "-m", "mt", "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0
+    assert "train" in result.stdout and "translate" in result.stdout and "evaluate" in result.stdout
