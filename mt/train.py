@@ -32,6 +32,7 @@ from mt.checkpoint import (
 )
 from mt.config import Config, DecodeConfig
 from mt.data import ParallelCorpus, clean, load_split
+from mt.loss import label_smoothed_cross_entropy
 from mt.model import Seq2Seq, pad_batch
 from mt.tokenizer import BOS, EOS, PAD, Tokenizer, seed_sampling
 from mt.translator import Translator, resolve_device
@@ -281,12 +282,11 @@ class Trainer:
     def _step(self, batch: Batch) -> float:
         logits = self.model(batch.src, batch.lengths, batch.tgt_in)
         loss = (
-            F.cross_entropy(
+            label_smoothed_cross_entropy(
                 logits.view(-1, logits.size(-1)),
                 batch.tgt_out.view(-1),
+                smoothing=self.config.train.label_smoothing,
                 ignore_index=PAD,
-                label_smoothing=self.config.train.label_smoothing,
-                reduction="sum",
             )
             / batch.tgt_tokens
         )

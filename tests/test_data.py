@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 
 from mt.data import CorpusError, ParallelCorpus, clean, load_split
@@ -94,3 +95,26 @@ def test_cleaning_drops_and_counts_empty_long_and_unbalanced_pairs() -> None:
     assert (report.kept, report.empty, report.too_long, report.bad_ratio) == (2, 1, 1, 1)
     assert report.dropped == 3
     assert "dropped 3" in str(report)
+
+
+def test_hub_dataset_rows_are_read_by_language_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline stand-in for the hub: `bentrevett/multi30k` rows are keyed by language code."""
+    calls = []
+
+    def fake_load_dataset(name: str, split: str) -> datasets.Dataset:
+        calls.append((name, split))
+        return datasets.Dataset.from_dict({"en": ["A dog. ", "Two cats."], "de": ["Ein Hund.", "Zwei Katzen."]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    corpus = load_split("bentrevett/multi30k", "validation", "de", "en")
+    assert calls == [("bentrevett/multi30k", "validation")]
+    assert (corpus.src, corpus.tgt) == (["Ein Hund.", "Zwei Katzen."], ["A dog.", "Two cats."])
+
+
+def test_unreachable_hub_dataset_is_a_corpus_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(name: str, split: str) -> datasets.Dataset:
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(CorpusError, match=r"could not load split 'train' of hub dataset someone/corpus: no network"):
+        load_split("someone/corpus", "train", "de", "en")
