@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mt.config import Config, ConfigError
+from mt.config import Config, ConfigError, DecodeConfig
 from mt.model import Seq2Seq
 from mt.tokenizer import Tokenizer
 
@@ -109,6 +109,41 @@ def _load_weights(model: Seq2Seq, weights: dict[str, torch.Tensor], path: Path) 
         if not torch.isfinite(tensor).all():
             raise ModelDirError(f"{path / WEIGHTS}: {name} holds NaN or infinite values")
     model.load_state_dict(weights, strict=False)  # tied output weight comes with the embedding
+
+
+def export_model_dir(
+    sources: list[Path], out: Path, *, half: bool = False, decode: DecodeConfig | None = None
+) -> LoadedModel:
+    """Write a model directory for shipping: the weights of `sources` averaged (one source: copied),
+    without optimizer state, in fp16 if `half`, with `decode` as its decoding defaults.
+
+    Averaging the last checkpoints of a run is a cheap ensemble (Junczys-Dowmunt et al. 2016).
+    """
+    loaded = [load_model_dir(path) for path in sources]
+    first = loaded[0]
+    for other, path in zip(loaded[1:], sources[1:], strict=True):
+        same_tokenizers = (other.src_tokenizer.model_proto, other.tgt_tokenizer.model_proto) == (
+            first.src_tokenizer.model_proto,
+            first.tgt_tokenizer.model_proto,
+        )
+        if other.config.model != first.config.model or not same_tokenizers:
+            raise ModelDirError(f"{path} has another architecture or vocabulary than {sources[0]}: cannot average")
+    all_weights = [model_weights(m.model) for m in loaded]
+    averaged = {name: torch.stack([w[name] for w in all_weights]).mean(dim=0) for name in all_weights[0]}
+    first.model.load_state_dict(averaged, strict=False)  # a tied output weight comes with the embedding
+    if decode is not None:
+        first.config.decode = decode
+    weights = model_weights(first.model)
+    if half:
+        weights = {name: tensor.half() for name, tensor in weights.items()}
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model_dir(tmp, first.model, first.config, first.src_tokenizer, first.tgt_tokenizer)
+    save_file(weights, str(tmp / WEIGHTS))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return first
 
 
 # --- training checkpoints --------------------------------------------------------------------------

@@ -115,6 +115,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from mt.checkpoint import export_model_dir
+
+    sources = [Path(path) for path in args.models]
+    decode = _apply(Config(decode=_model_config(args.models[0]).decode), _overrides(args)).decode
+    exported = export_model_dir(sources, Path(args.out), half=args.fp16, decode=decode)
+    size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 1e6
+    averaged = f"average of {len(sources)} checkpoints" if len(sources) > 1 else "one checkpoint"
+    print(
+        f"wrote {args.out}: {exported.model.num_parameters():,} parameters, {averaged}, "
+        f"{'fp16' if args.fp16 else 'fp32'}, {size:.1f} MB"
+    )
+    return 0
+
+
 def _model_config(model_dir: str) -> Config:
     return Config.load(Path(model_dir) / CONFIG)
 
@@ -158,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--hyp", help="where to write the hypotheses (default: in the model directory)")
     _add_decode_flags(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+    export = commands.add_parser("export", help="write a model directory to ship: averaged, fp16, decoding defaults")
+    export.add_argument("models", nargs="+", help="model directories (checkpoints); several are averaged")
+    export.add_argument("--out", required=True, help="model directory to write")
+    export.add_argument("--fp16", action="store_true", help="store the weights in half precision")
+    _add_config_flags(export, ["decode"])
+    export.set_defaults(func=cmd_export)
     return parser
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mt.checkpoint import ModelDirError, load_model_dir, save_model_dir
+from mt.checkpoint import ModelDirError, export_model_dir, load_model_dir, save_model_dir
+from mt.config import DecodeConfig
 from mt.train import Trainer
 from mt.translator import Translator
 
@@ -97,3 +98,27 @@ def test_invalid_config_is_named(model_dir: Path, tmp_path: Path) -> None:
     (broken / "config.json").write_text("{not json")
     with pytest.raises(ModelDirError, match=r"config.json is not a valid model config"):
         load_model_dir(broken)
+
+
+def test_export_averages_weights_and_stores_half_precision(reverse_corpus: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    Trainer(tiny_config(reverse_corpus, eval_every=10), run, max_steps=20).fit()
+    first, second = run / "checkpoints" / "step-0000010", run / "checkpoints" / "step-0000020"
+    export_model_dir([first, second], tmp_path / "avg", half=True, decode=DecodeConfig(beam_size=3))
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
+    averaged = load_file(str(tmp_path / "avg" / "model.safetensors"))
+    assert not (tmp_path / "avg" / "optimizer.safetensors").exists()
+    for name, tensor in averaged.items():
+        assert tensor.dtype == torch.float16
+        assert torch.allclose(tensor.float(), ((a[name] + b[name]) / 2).half().float())
+    exported = load_model_dir(tmp_path / "avg")
+    assert exported.config.decode.beam_size == 3
+    assert Translator.from_dir(tmp_path / "avg", device="cpu").decode.beam_size == 3
+
+
+def test_export_refuses_to_average_different_models(model_dir: Path, reverse_corpus: Path, tmp_path: Path) -> None:
+    config = tiny_config(reverse_corpus)
+    config.model.dec_hidden = 24
+    Trainer(config, tmp_path / "other", max_steps=2).fit()
+    with pytest.raises(ModelDirError, match="cannot average"):
+        export_model_dir([model_dir, tmp_path / "other" / "best"], tmp_path / "out")
