@@ -30,7 +30,7 @@ from mt.checkpoint import (
     save_model_dir,
     save_training_state,
 )
-from mt.config import Config, DecodeConfig
+from mt.config import Config, DecodeConfig, TrainConfig
 from mt.data import ParallelCorpus, clean, load_split
 from mt.loss import label_smoothed_cross_entropy
 from mt.model import Seq2Seq, pad_batch
@@ -101,6 +101,25 @@ def collate(indices: list[int], src: list[list[int]], tgt: list[list[int]], devi
     tgt_in, _ = pad_batch([[BOS] + tgt[i] for i in indices], device=device)
     tgt_out, _ = pad_batch([tgt[i] + [EOS] for i in indices], device=device)
     return Batch(src_batch, lengths, tgt_in, tgt_out, int((tgt_out != PAD).sum()))
+
+
+def train_step(model: Seq2Seq, optimizer: torch.optim.Optimizer, batch: Batch, config: TrainConfig) -> float:
+    """One teacher-forced update; returns the batch's mean label-smoothed loss per target token."""
+    logits = model(batch.src, batch.lengths, batch.tgt_in)
+    loss = (
+        label_smoothed_cross_entropy(
+            logits.view(-1, logits.size(-1)),
+            batch.tgt_out.view(-1),
+            smoothing=config.label_smoothing,
+            ignore_index=PAD,
+        )
+        / batch.tgt_tokens
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+    optimizer.step()
+    return loss.item()
 
 
 def train_tokenizers(corpus: ParallelCorpus, config: Config) -> tuple[Tokenizer, Tokenizer]:
@@ -245,7 +264,7 @@ class Trainer:
         window_tokens, window_loss, window_start = 0, 0.0, time.monotonic()
         for indices in batches[self.progress.batch_in_epoch :]:
             batch = collate(indices, src, tgt, self.device)
-            loss = self._step(batch)
+            loss = train_step(self.model, self.optimizer, batch, self.config.train)
             self.progress.step += 1
             self.progress.batch_in_epoch += 1
             window_tokens += batch.tgt_tokens
@@ -278,23 +297,6 @@ class Trainer:
                 self._save(best=False)
         bar.close()
         return False
-
-    def _step(self, batch: Batch) -> float:
-        logits = self.model(batch.src, batch.lengths, batch.tgt_in)
-        loss = (
-            label_smoothed_cross_entropy(
-                logits.view(-1, logits.size(-1)),
-                batch.tgt_out.view(-1),
-                smoothing=self.config.train.label_smoothing,
-                ignore_index=PAD,
-            )
-            / batch.tgt_tokens
-        )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.clip_norm)
-        self.optimizer.step()
-        return loss.item()
 
     # --- validation and checkpoints ------------------------------------------------------------------
 

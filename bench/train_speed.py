@@ -1,0 +1,87 @@
+"""Training throughput of a config on real data: target tokens per second, median over repeated windows.
+
+    python bench/train_speed.py                       # the default de->en config on Multi30k
+    python bench/train_speed.py --config configs/de-en.yaml --steps 120
+
+Prints the machine (CPU model, cores, torch version and threads) beside the figures. Runs the same
+training step as `mt train` (same batches, loss and optimizer), without validation or checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from mt.config import Config
+from mt.data import clean, load_split
+from mt.model import Seq2Seq
+from mt.train import collate, keep_freed_memory, make_batches, train_step, train_tokenizers
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (default: the built-in defaults)")
+    parser.add_argument("--data", default="../shared/data/multi30k")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps (after 10 warm-up steps)")
+    parser.add_argument("--window", type=int, default=10, help="steps per measured window")
+    args = parser.parse_args()
+
+    config = Config.load(args.config) if args.config else Config()
+    config.data.path = args.data
+    keep_freed_memory()
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+    torch.manual_seed(config.train.seed)
+    corpus, _ = clean(
+        load_split(args.data, "train", config.data.src, config.data.tgt), config.data.max_len, config.data.max_ratio
+    )
+    src_tok, tgt_tok = train_tokenizers(corpus, config)
+    src, tgt = src_tok.encode(corpus.src), tgt_tok.encode(corpus.tgt)
+    batches = make_batches(src, tgt, batch_tokens=config.train.batch_tokens, rng=random.Random(0))
+    model = Seq2Seq.from_config(config.model, src_vocab=len(src_tok), tgt_vocab=len(tgt_tok))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    device = torch.device("cpu")
+
+    rates: list[float] = []
+    tokens, start = 0, 0.0
+    for i, indices in enumerate(batches[: 10 + args.steps]):
+        if i == 10 or (i > 10 and (i - 10) % args.window == 0):
+            if i > 10:
+                rates.append(tokens / (time.perf_counter() - start))
+            tokens, start = 0, time.perf_counter()
+        batch = collate(indices, src, tgt, device)
+        train_step(model, optimizer, batch, config.train)
+        tokens += batch.tgt_tokens
+    print(
+        f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, {platform.machine()}, "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"model: {model.num_parameters():,} parameters ({config.model.cell}, emb {config.model.emb_size}, "
+        f"encoder {config.model.enc_hidden}x2, decoder {config.model.dec_hidden}), batches of "
+        f"{config.train.batch_tokens} target tokens"
+    )
+    print(
+        f"training: {statistics.median(rates):.0f} target tokens/s (median of {len(rates)} windows of "
+        f"{args.window} steps; min {min(rates):.0f}, max {max(rates):.0f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
