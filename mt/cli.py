@@ -130,6 +130,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    flags = {"host": args.host, "port": args.port, "models_dir": args.models, "device": args.device}
+    settings = Settings(**{key: value for key, value in flags.items() if value is not None})
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,  # on SIGTERM, requests in flight finish
+    )
+    return 0
+
+
 def _model_config(model_dir: str) -> Config:
     return Config.load(Path(model_dir) / CONFIG)
 
@@ -173,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--hyp", help="where to write the hypotheses (default: in the model directory)")
     _add_decode_flags(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+    serve = commands.add_parser("serve", help="serve the models over HTTP (LibreTranslate-compatible API, web page)")
+    serve.add_argument("--host", help="address to bind (default: 127.0.0.1; env MT_HOST)")
+    serve.add_argument("--port", type=int, help="port (default: 8000; env MT_PORT)")
+    serve.add_argument("--models", help="folder of model directories (default: models; env MT_MODELS_DIR)")
+    serve.add_argument("--device", help="cpu, cuda or auto (default: auto; env MT_DEVICE)")
+    serve.set_defaults(func=cmd_serve)
+
     export = commands.add_parser("export", help="write a model directory to ship: averaged, fp16, decoding defaults")
     export.add_argument("models", nargs="+", help="model directories (checkpoints); several are averaged")
     export.add_argument("--out", required=True, help="model directory to write")

@@ -56,8 +56,11 @@ class Translator:
         src_tokenizer: Tokenizer,
         tgt_tokenizer: Tokenizer,
         decode: DecodeConfig | None = None,
+        source_lang: str = "",
+        target_lang: str = "",
     ) -> None:
         self.model = model
+        self.source_lang, self.target_lang = source_lang, target_lang
         self.src_tokenizer = src_tokenizer
         self.tgt_tokenizer = tgt_tokenizer
         self.decode = decode or DecodeConfig()  # the model's defaults; each call may override
@@ -71,6 +74,8 @@ class Translator:
             src_tokenizer=loaded.src_tokenizer,
             tgt_tokenizer=loaded.tgt_tokenizer,
             decode=loaded.config.decode,
+            source_lang=loaded.config.data.src,
+            target_lang=loaded.config.data.tgt,
         )
 
     def translate(self, texts: list[str], decode: DecodeConfig | None = None) -> list[Translation]:

@@ -1,0 +1,1 @@
+"""The translation service: a thin FastAPI layer over `mt.Translator`."""

@@ -1,0 +1,106 @@
+"""Micro-batching: sentences from concurrent requests to one model are gathered for a few
+milliseconds (or until a batch is full) and decoded together on a worker thread, so the event loop
+stays free and throughput under concurrency is that of batch translation. Each request gets exactly
+its own translations back, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from mt.config import DecodeConfig
+from mt.translator import Translation, Translator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    decode: DecodeConfig
+    future: asyncio.Future[list[Translation]]
+
+
+class Batcher:
+    def __init__(
+        self,
+        translator: Translator,
+        *,
+        max_sentences: int,
+        wait_seconds: float,
+        on_batch: Callable[[int], None] = lambda size: None,
+    ) -> None:
+        self._translator = translator
+        self._max_sentences = max_sentences
+        self._wait_seconds = wait_seconds
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def translate(self, texts: list[str], decode: DecodeConfig) -> list[Translation]:
+        if not texts:
+            return []
+        future: asyncio.Future[list[Translation]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(texts, decode, future))
+        return await future
+
+    async def close(self) -> None:
+        """Finish the queued work, then stop."""
+        await self._queue.join()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._queue.get()]
+            count = len(jobs[0].texts)
+            deadline = loop.time() + self._wait_seconds
+            while count < self._max_sentences and (timeout := deadline - loop.time()) > 0:
+                try:
+                    job = await asyncio.wait_for(self._queue.get(), timeout)
+                except TimeoutError:
+                    break
+                jobs.append(job)
+                count += len(job.texts)
+            try:
+                await self._decode(jobs)
+            finally:
+                for _ in jobs:
+                    self._queue.task_done()
+
+    async def _decode(self, jobs: list[_Job]) -> None:
+        """Decode jobs with equal settings together; hand each job its own slice of the results."""
+        groups: dict[tuple[object, ...], list[_Job]] = {}
+        for job in jobs:
+            if not job.future.done():  # a client that went away needs no translation
+                groups.setdefault(dataclasses.astuple(job.decode), []).append(job)
+        loop = asyncio.get_running_loop()
+        for group in groups.values():
+            texts = [text for job in group for text in job.texts]
+            try:
+                results = await loop.run_in_executor(self._executor, self._translator.translate, texts, group[0].decode)
+            except Exception as error:  # reported to the requests, which answer 500; the worker lives on
+                log.exception("decoding a batch of %d sentences failed", len(texts))
+                for job in group:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+                continue
+            self._on_batch(len(texts))
+            offset = 0
+            for job in group:
+                if not job.future.done():
+                    job.future.set_result(results[offset : offset + len(job.texts)])
+                offset += len(job.texts)

@@ -1,0 +1,88 @@
+"""The FastAPI application: `create_app()` builds it; models load once, in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app.batcher import Batcher
+from app.errors import describe_validation_errors
+from app.metrics import Metrics
+from app.registry import load_models
+from app.routes import health, languages, translate, web
+from app.service import Service
+from app.settings import Settings
+from mt.translator import resolve_device
+
+log = logging.getLogger("app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        models = load_models(settings.models_dir, settings.device)
+        batchers = {
+            pair: Batcher(
+                model.translator,
+                max_sentences=settings.max_batch_sentences,
+                wait_seconds=settings.batch_wait_ms / 1000,
+                on_batch=metrics.batch_sentences.observe,
+            )
+            for pair, model in models.items()
+        }
+        for batcher in batchers.values():
+            batcher.start()
+        device = str(resolve_device(settings.device))
+        app.state.service = Service(settings, models, batchers, metrics, device)
+        log.info("serving %s on %s", ", ".join(app.state.service.pairs()), device)
+        yield
+        for batcher in batchers.values():  # requests in flight finish first
+            await batcher.close()
+
+    app = FastAPI(
+        title="mt",
+        summary="Recurrent neural machine translation, LibreTranslate-compatible",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    for router in (translate.router, languages.router, health.router, web.router):
+        app.include_router(router)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "other")
+        metrics.requests.labels(name, str(response.status_code)).inc()
+        metrics.latency.labels(name).observe(time.perf_counter() - start)
+        return response
+
+    return app
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+
+
+async def _validation_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, RequestValidationError)
+    return JSONResponse({"error": describe_validation_errors(error.errors())}, status_code=400)
+
+
+async def _internal_error(request: Request, error: Exception) -> Response:
+    log.exception("internal error on %s %s", request.method, request.url.path, exc_info=error)
+    return JSONResponse({"error": "internal server error"}, status_code=500)

@@ -1,0 +1,53 @@
+"""The models a server holds: every model directory under the models folder, keyed by language pair."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mt.checkpoint import CONFIG, ModelDirError
+from mt.translator import Translator, resolve_device
+
+log = logging.getLogger(__name__)
+
+LANGUAGE_NAMES = {"cs": "Czech", "de": "German", "en": "English", "fr": "French"}
+
+
+class ModelsError(RuntimeError):
+    """The models folder cannot be served; the message names the directory and what is wrong."""
+
+
+@dataclass
+class ServedModel:
+    source: str
+    target: str
+    path: Path
+    translator: Translator
+
+
+def load_models(models_dir: str | Path, device: str) -> dict[tuple[str, str], ServedModel]:
+    """Load every model directory under `models_dir` (those holding a config.json) once."""
+    folder = Path(models_dir)
+    if not folder.is_dir():
+        raise ModelsError(f"models folder {folder} does not exist")
+    candidates = sorted(p for p in folder.iterdir() if p.is_dir() and (p / CONFIG).is_file())
+    if not candidates:
+        raise ModelsError(f"models folder {folder} holds no model directory (a folder with {CONFIG})")
+    resolved = str(resolve_device(device))
+    models: dict[tuple[str, str], ServedModel] = {}
+    for path in candidates:
+        try:
+            translator = Translator.from_dir(path, device=resolved)
+        except (ModelDirError, ValueError, OSError) as error:
+            raise ModelsError(f"cannot serve {path}: {error}") from error
+        pair = (translator.source_lang, translator.target_lang)
+        if pair in models:
+            raise ModelsError(f"{path} and {models[pair].path} both translate {pair[0]}->{pair[1]}")
+        models[pair] = ServedModel(pair[0], pair[1], path, translator)
+        log.info("loaded %s (%s->%s) on %s", path, pair[0], pair[1], resolved)
+    return models
+
+
+def language_name(code: str) -> str:
+    return LANGUAGE_NAMES.get(code, code)

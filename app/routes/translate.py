@@ -1,0 +1,132 @@
+"""`POST /translate`, LibreTranslate-compatible: JSON or form data in, `{"translatedText": ...}` out."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import ValidationError
+
+from app.errors import describe_validation_errors
+from app.schemas import Alignment, ErrorResponse, TranslateRequest, TranslateResponse
+from app.service import ServiceDep
+from mt.translator import Translation
+
+router = APIRouter()
+
+_BODY = {"schema": TranslateRequest.model_json_schema()}  # the body is parsed by hand: JSON or form data
+
+
+@router.post(
+    "/translate",
+    response_model=TranslateResponse,
+    response_model_exclude_none=True,
+    responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 500: {"model": ErrorResponse}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": _BODY,
+                "application/x-www-form-urlencoded": _BODY,
+                "multipart/form-data": _BODY,
+            },
+        }
+    },
+)
+async def translate(request: Request, service: ServiceDep) -> TranslateResponse:
+    """Translate `q` (a string or a list of strings) from `source` to `target`."""
+    body = await _parse(request, service.settings.max_body_bytes)
+    settings = service.settings
+    texts = [body.q] if isinstance(body.q, str) else body.q
+    _check_limits(
+        texts, body, settings.max_texts, settings.max_chars, settings.max_beam_size, settings.max_alternatives
+    )
+    pair = (body.source, body.target)
+    if pair not in service.models:
+        raise HTTPException(
+            400, f"language pair {body.source}->{body.target} is not available; available: {', '.join(service.pairs())}"
+        )
+    translator = service.models[pair].translator
+    n_best = body.alternatives + 1
+    beam_size = max(body.beam_size or settings.default_beam_size or translator.decode.beam_size, n_best)
+    decode = dataclasses.replace(translator.decode, beam_size=beam_size, n_best=n_best)
+
+    filled = [i for i, text in enumerate(texts) if text.strip()]
+    translated = await service.batchers[pair].translate([texts[i] for i in filled], decode)
+    results: list[Translation | None] = [None] * len(texts)
+    for index, translation in zip(filled, translated, strict=True):
+        results[index] = translation
+    service.metrics.sentences.labels(f"{body.source}->{body.target}").inc(len(filled))
+    return _response(
+        results, single=isinstance(body.q, str), alternatives=body.alternatives > 0, alignments=body.alignments
+    )
+
+
+async def _parse(request: Request, max_bytes: int) -> TranslateRequest:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise HTTPException(413, f"request body is larger than {max_bytes} bytes")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    raw: Any
+    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.form()
+        raw = {key: (values if len(values := form.getlist(key)) > 1 else values[0]) for key in form}
+    else:
+        data = await request.body()
+        if len(data) > max_bytes:
+            raise HTTPException(413, f"request body is larger than {max_bytes} bytes")
+        if not data:
+            raise HTTPException(400, "request body is empty: send JSON or form data with q, source and target")
+        try:
+            raw = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise HTTPException(400, f"request body is not valid JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise HTTPException(400, "request body must be a JSON object with q, source and target")
+    try:
+        return TranslateRequest.model_validate(raw)
+    except ValidationError as error:
+        raise HTTPException(400, describe_validation_errors(error.errors())) from None
+
+
+def _check_limits(
+    texts: list[str], body: TranslateRequest, max_texts: int, max_chars: int, max_beam: int, max_alternatives: int
+) -> None:
+    if len(texts) > max_texts:
+        raise HTTPException(400, f"q holds {len(texts)} texts; at most {max_texts} per request")
+    for index, text in enumerate(texts):
+        if len(text) > max_chars:
+            where = "q" if isinstance(body.q, str) else f"q[{index}]"
+            raise HTTPException(400, f"{where} has {len(text)} characters; at most {max_chars} per text")
+    if body.beam_size is not None and body.beam_size > max_beam:
+        raise HTTPException(400, f"beam_size {body.beam_size} is over the limit of {max_beam}")
+    if body.alternatives > max_alternatives:
+        raise HTTPException(400, f"alternatives {body.alternatives} is over the limit of {max_alternatives}")
+
+
+def _response(
+    results: list[Translation | None], *, single: bool, alternatives: bool, alignments: bool
+) -> TranslateResponse:
+    texts = [r.text if r else "" for r in results]
+    others = [[c.text for c in r.candidates[1:]] if r else [] for r in results]
+    aligned = (
+        [
+            Alignment(
+                source_pieces=r.source_pieces, target_pieces=r.candidates[0].pieces, attention=r.candidates[0].attention
+            )
+            if r
+            else Alignment(source_pieces=[], target_pieces=[], attention=[])
+            for r in results
+        ]
+        if alignments
+        else None
+    )
+    if single:
+        return TranslateResponse(
+            translatedText=texts[0],
+            alternatives=others[0] if alternatives else None,
+            alignments=aligned[0] if aligned else None,
+        )
+    return TranslateResponse(translatedText=texts, alternatives=others if alternatives else None, alignments=aligned)

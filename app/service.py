@@ -1,0 +1,33 @@
+"""What the routes share: settings, loaded models, their batchers and the metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.batcher import Batcher
+from app.metrics import Metrics
+from app.registry import ServedModel
+from app.settings import Settings
+
+
+@dataclass
+class Service:
+    settings: Settings
+    models: dict[tuple[str, str], ServedModel]
+    batchers: dict[tuple[str, str], Batcher]
+    metrics: Metrics
+    device: str
+
+    def pairs(self) -> list[str]:
+        return [f"{source}->{target}" for source, target in sorted(self.models)]
+
+
+def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.registry import ModelsError
+
+from .conftest import client_for
+
+
+def test_health_reports_device_and_models(client: TestClient) -> None:
+    body = client.get("/health").json()
+    assert body["status"] == "ok"
+    assert body["device"] == "cpu"
+    assert [(m["source"], m["target"]) for m in body["models"]] == [("src", "tgt"), ("tgt", "src")]
+
+
+def test_metrics_count_requests_batches_and_sentences(client: TestClient) -> None:
+    client.post("/translate", json={"q": ["alpha", "bravo"], "source": "src", "target": "tgt"})
+    client.post("/translate", json={"q": "x", "source": "src", "target": "nope"})
+    text = client.get("/metrics").text
+    assert 'mt_requests_total{route="/translate",status="200"}' in text
+    assert 'mt_requests_total{route="/translate",status="400"}' in text
+    assert "mt_request_seconds_bucket" in text
+    assert "mt_batch_sentences_count" in text
+    assert 'mt_sentences_translated_total{pair="src->tgt"}' in text
+
+
+def test_openapi_documents_the_translate_body(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    content = spec["paths"]["/translate"]["post"]["requestBody"]["content"]
+    assert {"application/json", "application/x-www-form-urlencoded"} <= set(content)
+    assert {"q", "source", "target"} <= set(content["application/json"]["schema"]["properties"])
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "models folder .* does not exist"),
+        ("empty", "holds no model directory"),
+        ("broken", "cannot serve .*broken.*has no model.safetensors"),
+    ],
+)
+def test_start_up_stops_on_a_bad_models_folder(setup: str, message: str, tmp_path: Path, models_dir: Path) -> None:
+    folder = tmp_path / "models"
+    if setup != "missing":
+        folder.mkdir()
+    if setup == "broken":
+        (folder / "broken").mkdir()
+        (folder / "broken" / "config.json").write_text((models_dir / "src-tgt" / "config.json").read_text())
+    with pytest.raises(ModelsError, match=message), client_for(folder):
+        pass

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mt.translator import Translator
+
+from .conftest import Path, client_for
+
+
+def test_json_string_in_string_out(client: TestClient) -> None:
+    response = client.post("/translate", json={"q": "alpha bravo charlie", "source": "src", "target": "tgt"})
+    assert response.status_code == 200
+    assert response.json() == {"translatedText": "CHARLIE BRAVO ALPHA"}
+
+
+def test_list_in_list_out_in_order(client: TestClient) -> None:
+    q = ["alpha bravo golf", "kilo lima echo", "india juliet kilo lima"]
+    response = client.post("/translate", json={"q": q, "source": "src", "target": "tgt"})
+    assert response.json()["translatedText"] == ["GOLF BRAVO ALPHA", "ECHO LIMA KILO", "LIMA KILO JULIET INDIA"]
+
+
+def test_form_data_is_accepted_like_libretranslate(client: TestClient) -> None:
+    response = client.post(
+        "/translate", data={"q": "alpha bravo golf", "source": "src", "target": "tgt", "format": "text"}
+    )
+    assert response.status_code == 200
+    assert response.json() == {"translatedText": "GOLF BRAVO ALPHA"}
+
+
+def test_multipart_form_data_is_accepted(client: TestClient) -> None:
+    response = client.post(
+        "/translate", files={"q": (None, "alpha bravo golf"), "source": (None, "src"), "target": (None, "tgt")}
+    )
+    assert response.json() == {"translatedText": "GOLF BRAVO ALPHA"}
+
+
+def test_answers_match_the_library(client: TestClient, models_dir: Path) -> None:
+    q = ["hotel india juliet kilo", "delta"]
+    expected = [t.text for t in Translator.from_dir(models_dir / "src-tgt", device="cpu").translate(q)]
+    assert (
+        client.post("/translate", json={"q": q, "source": "src", "target": "tgt"}).json()["translatedText"] == expected
+    )
+
+
+def test_alternatives_are_distinct_n_best_entries(client: TestClient) -> None:
+    body = client.post(
+        "/translate", json={"q": "alpha bravo", "source": "src", "target": "tgt", "alternatives": 3}
+    ).json()
+    assert len(body["alternatives"]) == 3
+    assert len({body["translatedText"], *body["alternatives"]}) == 4
+    listed = client.post(
+        "/translate", json={"q": ["alpha", "bravo"], "source": "src", "target": "tgt", "alternatives": 2}
+    ).json()
+    assert [len(a) for a in listed["alternatives"]] == [2, 2]
+
+
+def test_alignments_give_pieces_and_attention_rows(client: TestClient) -> None:
+    body = client.post(
+        "/translate", json={"q": "alpha bravo", "source": "src", "target": "tgt", "alignments": True, "beam_size": 1}
+    ).json()
+    alignment = body["alignments"]
+    assert alignment["source_pieces"][-1] == "</s>"
+    assert len(alignment["attention"]) == len(alignment["target_pieces"])
+    for row in alignment["attention"]:
+        assert len(row) == len(alignment["source_pieces"])
+        assert sum(row) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_empty_text_translates_to_empty_text(client: TestClient) -> None:
+    assert client.post("/translate", json={"q": "", "source": "src", "target": "tgt"}).json() == {"translatedText": ""}
+    both = client.post("/translate", json={"q": ["", "alpha", "  "], "source": "src", "target": "tgt"}).json()
+    assert both["translatedText"] == ["", "ALPHA", ""]
+
+
+def test_unknown_language_pair_is_400_listing_the_available_pairs(client: TestClient) -> None:
+    response = client.post("/translate", json={"q": "x", "source": "src", "target": "fr"})
+    assert response.status_code == 400
+    assert response.json() == {"error": "language pair src->fr is not available; available: src->tgt, tgt->src"}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"source": "src", "target": "tgt"}, "q: Field required"),
+        ({"q": "x", "source": "src"}, "target: Field required"),
+        ({"q": 5, "source": "src", "target": "tgt"}, "q"),
+        ({"q": "x", "source": "src", "target": "tgt", "alternatives": -1}, "alternatives"),
+        ({"q": "x", "source": "src", "target": "tgt", "format": "html"}, "format"),
+        ({"q": "x", "source": "src", "target": "tgt", "beam_size": 0}, "beam_size"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
+def test_malformed_body_is_400_naming_the_field(client: TestClient, body: object, message: str) -> None:
+    response = client.post("/translate", json=body)
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+def test_invalid_json_is_400(client: TestClient) -> None:
+    response = client.post("/translate", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert "not valid JSON" in response.json()["error"]
+
+
+def test_empty_body_is_400(client: TestClient) -> None:
+    response = client.post("/translate", content=b"", headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert "empty" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"q": ["a"] * 6}, "q holds 6 texts; at most 5"),
+        ({"q": ["ok", "x" * 201]}, "q[1] has 201 characters; at most 200"),
+        ({"q": "alpha", "beam_size": 11}, "beam_size 11 is over the limit of 10"),
+        ({"q": "alpha", "alternatives": 6}, "alternatives 6 is over the limit of 5"),
+    ],
+)
+def test_limits_are_400_with_the_limit(client: TestClient, body: dict[str, object], message: str) -> None:
+    response = client.post("/translate", json={"source": "src", "target": "tgt", **body})
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+def test_body_over_the_size_limit_is_413(client: TestClient) -> None:
+    response = client.post("/translate", json={"q": "a" * 6000, "source": "src", "target": "tgt"})
+    assert response.status_code == 413
+    assert "larger than 5000 bytes" in response.json()["error"]
+
+
+def test_unknown_fields_are_ignored_for_client_compatibility(client: TestClient) -> None:
+    response = client.post(
+        "/translate", json={"q": "alpha", "source": "src", "target": "tgt", "api_key": "k", "something_new": 1}
+    )
+    assert response.status_code == 200
+
+
+def test_internal_failure_is_500_without_a_stack_trace(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with client_for(models_dir, raise_server_exceptions=False) as client:
+        translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
+
+        def broken(texts: list[str], decode: object) -> list[object]:
+            raise RuntimeError("secret internals")
+
+        monkeypatch.setattr(translator, "translate", broken)
+        response = client.post("/translate", json={"q": "alpha", "source": "src", "target": "tgt"})
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal server error"}
+        monkeypatch.undo()  # the server lives on
+        assert client.post("/translate", json={"q": "alpha", "source": "src", "target": "tgt"}).status_code == 200
