@@ -136,13 +136,17 @@ def export_model_dir(
     weights = model_weights(first.model)
     if half:
         weights = {name: tensor.half() for name, tensor in weights.items()}
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ModelDirError(f"{out} is a link or a file; export writes a new directory")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model_dir(tmp, first.model, first.config, first.src_tokenizer, first.tgt_tokenizer)
     save_file(weights, str(tmp / WEIGHTS))
-    if out.exists():
-        shutil.rmtree(out)
+    if out.exists():  # keep the previous export until the new one is in place
+        os.replace(out, old)
     os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
     return first
 
 
@@ -173,9 +177,11 @@ def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[st
     try:
         trainer = json.loads((path / TRAINER).read_text(encoding="utf-8"))
         tensors = load_file(str(path / OPTIMIZER))
-    except (OSError, json.JSONDecodeError, SafetensorError) as error:
-        raise ModelDirError(f"checkpoint {path} has no readable training state: {error}") from error
-    saved = trainer.pop("optimizer")
+        saved = trainer.pop("optimizer")
+        if not {"param_groups", "scalars"} <= set(saved):
+            raise KeyError("optimizer.param_groups or optimizer.scalars")
+    except (OSError, json.JSONDecodeError, SafetensorError, KeyError, TypeError, AttributeError) as error:
+        raise ModelDirError(f"checkpoint {path} has no readable training state: {error!r}") from error
     state: dict[int, dict[str, Any]] = {}
     for name, tensor in tensors.items():
         if name.startswith("optim."):
@@ -193,10 +199,17 @@ def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[st
 
 
 def commit_checkpoint(run_dir: Path, step: int, write: Any) -> Path:
-    """Write a checkpoint with `write(tmp_dir)` and move it into place as checkpoints/step-NNNNNNN."""
+    """Write a checkpoint with `write(tmp_dir)` and move it into place as checkpoints/step-NNNNNNN.
+
+    A step saved twice (a timed save, then the end-of-epoch one) gets a new name, step-NNNNNNN-2:
+    the folder `last` points to is never deleted or overwritten.
+    """
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    final = checkpoints / f"step-{step:07d}"
+    final, version = checkpoints / f"step-{step:07d}", 1
+    while final.exists():
+        version += 1
+        final = checkpoints / f"step-{step:07d}-{version}"
     tmp = checkpoints / f".tmp-step-{step:07d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -204,10 +217,18 @@ def commit_checkpoint(run_dir: Path, step: int, write: Any) -> Path:
     for file in tmp.iterdir():
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
-    if final.exists():  # the same step saved again (e.g. after a resume): replace it
-        shutil.rmtree(final)
     os.replace(tmp, final)
+    _fsync_dir(checkpoints)
     return final
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist a rename or new link in `path` (matters after a power cut, not after kill -9)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def point_link(run_dir: Path, name: str, target: Path) -> None:
@@ -216,11 +237,18 @@ def point_link(run_dir: Path, name: str, target: Path) -> None:
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(target.relative_to(run_dir))
     os.replace(tmp, run_dir / name)
+    _fsync_dir(run_dir)
+
+
+def _checkpoint_order(path: Path) -> tuple[int, int]:
+    """step-0000546 < step-0000546-2 < step-0000547."""
+    parts = path.name.split("-")
+    return int(parts[1]), int(parts[2]) if len(parts) > 2 else 1
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
     """Delete all but the newest `keep_last` checkpoints and the ones `last` and `best` point to."""
-    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"))
+    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"), key=_checkpoint_order)
     linked = {(run_dir / name).resolve() for name in ("last", "best") if (run_dir / name).exists()}
     for old in checkpoints[:-keep_last] if keep_last > 0 else checkpoints:
         if old.resolve() not in linked:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mt.checkpoint import CONFIG, ModelDirError
 from mt.config import Config, ConfigError, section_fields, section_names, set_field
-from mt.data import CorpusError
+from mt.data import CorpusError, read_lines
 
 log = logging.getLogger("mt")
 
@@ -66,6 +66,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_run_dir(out, args.resume)  # before reading the run's config, so the error says what is wrong
     if args.resume:
         config = Config.load(out / "last" / CONFIG)
+        fixed = [key for key in _overrides(args) if key.split(".")[0] in ("model", "vocab")]
+        if fixed:
+            raise ConfigError(
+                f"{', '.join(fixed)} cannot change when resuming: the checkpoint's weights and "
+                "vocabulary were built with the stored values; start a new run instead"
+            )
     else:
         config = Config.load(args.config) if args.config else Config()
         for flag, dotted in (("data", "data.path"), ("src", "data.src"), ("tgt", "data.tgt")):
@@ -83,8 +89,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
     translator = Translator.from_dir(args.model, device=args.device)
     decode = _decode_config(args, translator.decode)
-    source = Path(args.input).read_text(encoding="utf-8") if args.input else sys.stdin.read()
-    lines = source.splitlines()
+    source = Path(args.input).read_bytes() if args.input else sys.stdin.buffer.read()
+    lines = read_lines(source)
     outputs = translator.translate(lines, decode)
     if decode.n_best > 1:  # Moses-style n-best list: index ||| hypothesis ||| score
         text = "".join(f"{i} ||| {c.text} ||| {c.score:.4f}\n" for i, o in enumerate(outputs) for c in o.candidates)

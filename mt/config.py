@@ -87,6 +87,19 @@ class DecodeConfig:
     n_best: int = 1  # hypotheses returned per sentence (<= beam_size)
     batch_size: int = 64  # sentences decoded together
 
+    def validate(self) -> None:
+        _require(self.beam_size >= 1, f"decode.beam_size must be at least 1, got {self.beam_size}")
+        _require(
+            1 <= self.n_best <= self.beam_size,
+            f"decode.n_best must be between 1 and decode.beam_size ({self.beam_size}), got {self.n_best}",
+        )
+        _require(self.batch_size >= 1, f"decode.batch_size must be at least 1, got {self.batch_size}")
+        _require(self.length_penalty >= 0, f"decode.length_penalty must be >= 0, got {self.length_penalty}")
+        _require(
+            self.max_len_a >= 0 and self.max_len_b >= 0 and self.max_len_a + self.max_len_b > 0,
+            "decode.max_len_a and decode.max_len_b must be >= 0, and not both 0",
+        )
+
 
 @dataclass
 class Config:
@@ -95,6 +108,21 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def validate(self) -> None:
+        """Refuse values no run can use, naming the key; called before training and translating."""
+        for section in ("vocab", "model", "train"):
+            for key, kind in section_fields(section).items():
+                value = getattr(getattr(self, section), key)
+                if kind is int and key not in ("eval_every", "threads", "eval_max_sentences", "seed"):
+                    _require(value >= 1, f"{section}.{key} must be at least 1, got {value}")
+        for key in ("dropout", "emb_dropout"):
+            value = getattr(self.model, key)
+            _require(0 <= value < 1, f"model.{key} must be in [0, 1), got {value}")
+        _require(0 <= self.train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)")
+        _require(self.train.lr > 0, f"train.lr must be positive, got {self.train.lr}")
+        _require(self.vocab.sampling_alpha >= 0, "vocab.sampling_alpha must be >= 0")
+        self.decode.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,6 +159,11 @@ class Config:
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
 
 
 def section_names() -> list[str]:

@@ -140,3 +140,11 @@ def clean(corpus: ParallelCorpus, max_len: int, max_ratio: float) -> tuple[Paral
     if not src_kept:
         raise CorpusError("no training pairs survive cleaning; check the languages and the length limits")
     return ParallelCorpus(src_kept, tgt_kept), CleaningReport(len(src_kept), empty, too_long, bad_ratio)
+
+
+def read_lines(data: bytes) -> list[str]:
+    """UTF-8 text (a BOM is dropped) split on newlines only: form feeds or U+2028 inside a sentence
+    must not split it, or every later output line would be misaligned."""
+    text = data.decode("utf-8-sig")
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    return lines[:-1] if lines and lines[-1] == "" else lines

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from mt.attention import AdditiveAttention
 from mt.config import Cell, ModelConfig
-from mt.tokenizer import PAD
+from mt.tokenizer import BOS, PAD
 
 
 @dataclass
@@ -149,5 +149,7 @@ class Decoder(nn.Module):
         """One search step. prev: (batch,) previous pieces -> log-probs (batch, vocab), attention (batch, src_len)."""
         embedded = self.embedding(prev)
         context, weights, state = self._advance(embedded, state)
-        log_probs = torch.log_softmax(self._logits(state.hidden[-1], context, embedded).float(), dim=-1)
+        logits = self._logits(state.hidden[-1], context, embedded).float()
+        logits[:, [PAD, BOS]] = float("-inf")  # never outputs
+        log_probs = torch.log_softmax(logits, dim=-1)
         return log_probs, weights, state

@@ -9,7 +9,7 @@ from pathlib import Path
 import sacrebleu
 
 from mt.config import DecodeConfig
-from mt.data import CorpusError, load_split
+from mt.data import CorpusError, load_split, read_lines
 from mt.translator import Translator
 
 
@@ -62,7 +62,7 @@ def read_test_set(
         for path in paths:
             if not path.is_file():
                 raise CorpusError(f"{path} does not exist")
-        sources, references = (p.read_text(encoding="utf-8").splitlines() for p in paths)
+        sources, references = (read_lines(p.read_bytes()) for p in paths)
         if len(sources) != len(references):
             raise CorpusError(f"{src} has {len(sources)} lines but {ref} has {len(references)}")
         return sources, references, Path(src).stem

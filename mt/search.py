@@ -76,7 +76,9 @@ def greedy_search(
         if bool(done.any()):
             for row in done.nonzero().squeeze(1).tolist():
                 results[int(rows[row])] = [
-                    _hypothesis(tokens[row].tolist(), float(log_prob[row]), attention[row, :t], length_penalty_alpha)
+                    _hypothesis(
+                        tokens[row].tolist(), float(log_prob[row]), attention[row, :t].clone(), length_penalty_alpha
+                    )
                 ]
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
@@ -151,7 +153,10 @@ def beam_search(
             row = int(origin[sentence, rank])
             finished[int(sentences[sentence])].append(
                 _hypothesis(
-                    tokens[row].tolist(), float(top_scores[sentence, rank]), attention[row, :t], length_penalty_alpha
+                    tokens[row].tolist(),
+                    float(top_scores[sentence, rank]),
+                    attention[row, :t].clone(),
+                    length_penalty_alpha,
                 )
             )
 

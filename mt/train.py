@@ -7,9 +7,11 @@ resume a killed run exactly where it was: same batches, same optimizer moments, 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mt.checkpoint import (
+    ModelDirError,
     commit_checkpoint,
     load_model_dir,
     load_training_state,
@@ -30,7 +33,7 @@ from mt.checkpoint import (
     save_model_dir,
     save_training_state,
 )
-from mt.config import Config, DecodeConfig, TrainConfig
+from mt.config import Config, TrainConfig
 from mt.data import ParallelCorpus, clean, load_split
 from mt.loss import label_smoothed_cross_entropy
 from mt.model import Seq2Seq, pad_batch
@@ -159,9 +162,12 @@ def keep_freed_memory() -> None:
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """Fail at start, not after an hour, when the output folder cannot take this run."""
-    if resume and not (run_dir / "last").exists():
-        raise RunDirError(f"cannot resume: {run_dir} has no checkpoint ({run_dir / 'last'} is missing)")
-    if not resume and (run_dir / "last").exists():
+    last = run_dir / "last"
+    if resume and last.is_symlink() and not last.exists():
+        raise RunDirError(f"cannot resume: {last} points to a checkpoint that no longer exists ({os.readlink(last)})")
+    if resume and not last.exists():
+        raise RunDirError(f"cannot resume: {run_dir} has no checkpoint ({last} is missing)")
+    if not resume and last.is_symlink():
         raise RunDirError(
             f"{run_dir} already holds a training run; pass --resume to continue it, or choose another --out"
         )
@@ -177,6 +183,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
 class Trainer:
     def __init__(self, config: Config, run_dir: Path, *, resume: bool = False, max_steps: int = 0) -> None:
         check_run_dir(run_dir, resume)
+        config.validate()
         self.config = config
         self.run_dir = run_dir
         self.max_steps = max_steps  # stop after this many steps in total (0 = no limit); for tests
@@ -207,7 +214,12 @@ class Trainer:
         self.progress = Progress()
         if resume:
             saved = load_training_state(run_dir / "last", self.optimizer)
-            self.progress = Progress(**saved)
+            try:
+                self.progress = Progress(**saved)
+            except TypeError as error:
+                raise ModelDirError(
+                    f"{run_dir / 'last'}/trainer.json does not hold a training position: {error}"
+                ) from None
             self.scheduler.load_state_dict(self.progress.scheduler)
             log.info(
                 "resumed %s at step %d (epoch %d, batch %d)",
@@ -220,6 +232,7 @@ class Trainer:
         self.valid_src = self.src_tok.encode(self.valid_corpus.src)
         self.valid_tgt = self.tgt_tok.encode(self.valid_corpus.tgt)
         self._last_save = time.monotonic()
+        self._saved_step = self.progress.step
 
     # --- the loop ----------------------------------------------------------------------------------
 
@@ -236,6 +249,9 @@ class Trainer:
                 self.progress.batch_in_epoch = 0
                 if train_cfg.eval_every == 0 and self._validate_and_save():
                     break
+            else:
+                if self._saved_step != self.progress.step:  # steps since the last evaluation
+                    self._validate_and_save()
         return self.progress
 
     def _epoch_data(self) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
@@ -355,7 +371,8 @@ class Trainer:
         """Corpus BLEU of greedy translations of the validation set (or its first `eval_max_sentences`)."""
         limit = self.config.train.eval_max_sentences or len(self.valid_corpus)
         translator = Translator(model=self.model, src_tokenizer=self.src_tok, tgt_tokenizer=self.tgt_tok)
-        outputs = translator.translate(self.valid_corpus.src[:limit], DecodeConfig(beam_size=1, batch_size=200))
+        decode = dataclasses.replace(self.config.decode, beam_size=1, n_best=1, batch_size=200)
+        outputs = translator.translate(self.valid_corpus.src[:limit], decode)
         return float(sacrebleu.corpus_bleu([o.text for o in outputs], [self.valid_corpus.tgt[:limit]]).score)
 
     def _save(self, *, best: bool) -> None:
@@ -373,6 +390,7 @@ class Trainer:
         point_link(self.run_dir, "last", checkpoint)
         prune_checkpoints(self.run_dir, KEEP_CHECKPOINTS)
         self._last_save = time.monotonic()
+        self._saved_step = self.progress.step
 
     # --- bookkeeping ---------------------------------------------------------------------------------
 

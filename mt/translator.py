@@ -81,8 +81,7 @@ class Translator:
     def translate(self, texts: list[str], decode: DecodeConfig | None = None) -> list[Translation]:
         """Translate `texts`; the result at index i is the translation of texts[i]."""
         decode = decode or self.decode
-        if not 1 <= decode.n_best <= decode.beam_size:
-            raise ValueError(f"n_best must be between 1 and beam_size ({decode.beam_size}), got {decode.n_best}")
+        decode.validate()
         sources = [ids + [EOS] for ids in self.src_tokenizer.encode([t.strip() for t in texts])]
         results: list[Translation | None] = [None] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: len(sources[i]))

@@ -2,13 +2,22 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mt.checkpoint import ModelDirError, export_model_dir, load_model_dir, save_model_dir
+from mt.checkpoint import (
+    ModelDirError,
+    commit_checkpoint,
+    export_model_dir,
+    load_model_dir,
+    point_link,
+    prune_checkpoints,
+    save_model_dir,
+)
 from mt.config import DecodeConfig
 from mt.train import Trainer
 from mt.translator import Translator
@@ -122,3 +131,28 @@ def test_export_refuses_to_average_different_models(model_dir: Path, reverse_cor
     Trainer(config, tmp_path / "other", max_steps=2).fit()
     with pytest.raises(ModelDirError, match="cannot average"):
         export_model_dir([model_dir, tmp_path / "other" / "best"], tmp_path / "out")
+
+
+def test_saving_a_step_twice_never_touches_the_live_checkpoint(tmp_path: Path) -> None:
+    def write(content: str) -> Callable[[Path], None]:
+        return lambda folder: (folder / "file").write_text(content)
+
+    first = commit_checkpoint(tmp_path, 7, write("one"))
+    point_link(tmp_path, "last", first)
+    second = commit_checkpoint(tmp_path, 7, write("two"))
+    assert first != second
+    assert (tmp_path / "last" / "file").read_text() == "one"
+    point_link(tmp_path, "last", second)
+    prune_checkpoints(tmp_path, keep_last=1)
+    assert (tmp_path / "last" / "file").read_text() == "two"
+    assert not first.exists()
+
+
+def test_export_replaces_an_existing_directory_but_not_a_link(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    export_model_dir([model_dir], out)
+    export_model_dir([model_dir], out, half=True)
+    assert load_file(str(out / "model.safetensors"))["decoder.readout.bias"].dtype == torch.float16
+    (tmp_path / "link").symlink_to(out)
+    with pytest.raises(ModelDirError, match="is a link or a file"):
+        export_model_dir([model_dir], tmp_path / "link")

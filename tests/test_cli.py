@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +69,7 @@ def test_translate_reads_and_writes_files(trained: Path, tmp_path: Path) -> None
 def test_translate_prints_n_best_lists(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("alpha bravo\n"))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"alpha bravo\n")))
     assert main(["translate", "--model", str(trained / "best"), "--decode.beam_size", "3", "--decode.n_best", "3"]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert len(rows) == 3 and all(row.startswith("0 ||| ") for row in rows)
@@ -142,3 +143,8 @@ def test_python_dash_m_runs_the_same_command() -> None:
     result = subprocess.run([sys.executable, "-m", "mt", "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0
     assert "train" in result.stdout and "translate" in result.stdout and "evaluate" in result.stdout
+
+
+def test_resume_refuses_to_change_the_architecture(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--resume", "--out", str(trained), "--model.emb_size", "8"]) == 2
+    assert "model.emb_size cannot change when resuming" in capsys.readouterr().err

@@ -50,3 +50,20 @@ def test_invalid_yaml_file_names_the_file(tmp_path: Path) -> None:
     path.write_text("model: [unclosed\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"broken.yaml"):
         Config.load(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("decode.beam_size", 0, "decode.beam_size must be at least 1"),
+        ("decode.batch_size", 0, "decode.batch_size must be at least 1"),
+        ("decode.n_best", 9, "decode.n_best must be between 1 and decode.beam_size"),
+        ("train.batch_tokens", 0, "train.batch_tokens must be at least 1"),
+        ("model.dropout", 1.5, r"model.dropout must be in \[0, 1\)"),
+    ],
+)
+def test_values_no_run_can_use_are_refused_by_name(key: str, value: object, message: str) -> None:
+    config = Config()
+    set_field(config, key, value)
+    with pytest.raises(ConfigError, match=message):
+        config.validate()

@@ -6,7 +6,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from mt.data import CorpusError, ParallelCorpus, clean, load_split
+from mt.data import CorpusError, ParallelCorpus, clean, load_split, read_lines
 
 
 def test_jsonl_folder_loads_the_requested_languages(tmp_path: Path) -> None:
@@ -118,3 +118,10 @@ def test_unreachable_hub_dataset_is_a_corpus_error(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(CorpusError, match=r"could not load split 'train' of hub dataset someone/corpus: no network"):
         load_split("someone/corpus", "train", "de", "en")
+
+
+def test_lines_split_on_newlines_only_without_bom_or_carriage_returns() -> None:
+    data = "\ufeffEin\x0cHund\r\nzwei\u2028Katzen\n\ndrei\n".encode()
+    assert read_lines(data) == ["Ein\x0cHund", "zwei\u2028Katzen", "", "drei"]
+    assert read_lines(b"no final newline") == ["no final newline"]
+    assert read_lines(b"") == []

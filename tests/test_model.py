@@ -49,3 +49,11 @@ def test_padding_embeddings_start_at_zero() -> None:
     model = tiny()
     assert torch.all(model.encoder.embedding.weight[PAD] == 0)
     assert torch.all(model.decoder.embedding.weight[PAD] == 0)
+
+
+def test_search_steps_never_propose_padding_or_start_symbols() -> None:
+    model = tiny()
+    src, lengths = pad_batch([[5, 6, EOS]])
+    log_probs, _, _ = model.decoder.step(torch.tensor([2]), model.encode(src, lengths))
+    assert log_probs[0, PAD] == float("-inf") and log_probs[0, 2] == float("-inf")
+    assert torch.isclose(log_probs.exp().sum(), torch.tensor(1.0))

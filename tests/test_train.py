@@ -86,3 +86,18 @@ def test_training_log_records_loss_and_validation(reverse_corpus: Path, tmp_path
     evals = [r for r in records if r["event"] == "eval"]
     assert [r["step"] for r in evals] == [10, 20]
     assert all({"val_loss", "val_bleu", "lr", "minutes"} <= r.keys() for r in evals)
+
+
+def test_steps_after_the_last_evaluation_are_saved_at_the_end(reverse_corpus: Path, tmp_path: Path) -> None:
+    config = tiny_config(reverse_corpus, max_epochs=1, eval_every=30)
+    progress = Trainer(config, tmp_path / "run").fit()
+    assert progress.step % 30 != 0  # the epoch does not end on an evaluation
+    saved = json.loads((tmp_path / "run" / "last" / "trainer.json").read_text())
+    assert saved["step"] == progress.step
+
+
+def test_a_dangling_last_link_is_named(reverse_corpus: Path, tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last").symlink_to("checkpoints/step-0000009")
+    with pytest.raises(RunDirError, match="points to a checkpoint that no longer exists"):
+        Trainer(tiny_config(reverse_corpus), tmp_path / "run", resume=True)
