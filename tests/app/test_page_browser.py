@@ -1,0 +1,53 @@
+"""The web page in headless Chromium: type a sentence, click, read the translation, see the heatmap."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .test_server import Server, start_server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def page_server(models_dir: Path) -> Iterator[Server]:
+    running = start_server(models_dir)
+    yield running
+    running.process.terminate()
+    running.process.wait(timeout=30)
+
+
+def test_typing_and_clicking_shows_the_translation_and_draws_the_heatmap(page_server: Server, tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (Debian packages chromium, chromium-driver)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page()
+        page.goto(page_server.url + "/")
+        page.wait_for_function("document.querySelectorAll('#source option').length > 0")
+        page.select_option("#source", "src")
+        page.select_option("#target", "tgt")
+        page.fill("#text", "alpha bravo golf")
+        page.click("#translate")
+        page.wait_for_function("document.querySelector('#heatmap').dataset.drawn !== undefined", timeout=30_000)
+        assert page.inner_text("#output") == "GOLF BRAVO ALPHA"
+        assert page.inner_text("#error") == ""
+        coloured = page.evaluate(
+            """() => {
+                const c = document.querySelector('#heatmap');
+                const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let n = 0;
+                for (let i = 0; i < data.length; i += 4) if (data[i + 2] > data[i] + 60) n++;  // blue cells
+                return n;
+            }"""
+        )
+        assert coloured > 100
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        browser.close()

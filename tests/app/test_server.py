@@ -1,0 +1,116 @@
+"""The real server: `mt serve` in a subprocess on a free localhost port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mt.translator import Translator
+
+from ..conftest import reverse_task
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(models_dir: Path, **env: str) -> Server:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mt", "serve", "--models", str(models_dir), "--port", str(port), "--device", "cpu"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read().decode() if process.stderr else ''}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1):
+                return Server(url, process)
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("server did not start within 60 s")
+
+
+def post(url: str, body: dict[str, object], timeout: float = 60) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(
+        f"{url}/translate", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def server(models_dir: Path) -> Iterator[Server]:
+    running = start_server(models_dir, MT_BATCH_WAIT_MS="50")
+    yield running
+    running.process.terminate()
+    running.process.wait(timeout=30)
+
+
+def test_concurrent_requests_each_get_their_own_answer_and_share_batches(server: Server, models_dir: Path) -> None:
+    sentences = [row["src"] for row in reverse_task(24, seed=11)]
+    expected = [t.text for t in Translator.from_dir(models_dir / "src-tgt", device="cpu").translate(sentences)]
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        answers = list(pool.map(lambda s: post(server.url, {"q": s, "source": "src", "target": "tgt"}), sentences))
+    assert [status for status, _ in answers] == [200] * 24
+    assert [body["translatedText"] for _, body in answers] == expected
+
+    with urllib.request.urlopen(f"{server.url}/metrics") as response:
+        metrics = response.read().decode()
+    batches = next(
+        float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("mt_batch_sentences_count")
+    )
+    sentences_in_batches = next(
+        float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("mt_batch_sentences_sum")
+    )
+    assert sentences_in_batches == 24
+    assert batches < 24  # several requests were decoded together
+
+
+def test_libretranslate_client_gets_a_translation(server: Server) -> None:
+    libretranslatepy = pytest.importorskip("libretranslatepy")
+    client = libretranslatepy.LibreTranslateAPI(server.url + "/")
+    assert client.translate("alpha bravo golf", "src", "tgt") == "GOLF BRAVO ALPHA"
+    assert {language["code"] for language in client.languages()} == {"src", "tgt"}
+
+
+def test_sigterm_lets_the_request_in_flight_finish(models_dir: Path) -> None:
+    running = start_server(models_dir)
+    texts = [row["src"] for row in reverse_task(100, seed=12)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(post, running.url, {"q": texts, "source": "src", "target": "tgt", "beam_size": 10})
+        time.sleep(0.3)  # the request is being decoded
+        running.process.send_signal(signal.SIGTERM)
+        status, body = pending.result(timeout=60)
+    assert status == 200
+    assert len(body["translatedText"]) == 100  # type: ignore[arg-type]
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so a supervisor sees why it stopped
+    assert running.process.wait(timeout=30) in (0, -signal.SIGTERM)
