@@ -67,3 +67,10 @@ def test_values_no_run_can_use_are_refused_by_name(key: str, value: object, mess
     set_field(config, key, value)
     with pytest.raises(ConfigError, match=message):
         config.validate()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_config_files_load_and_validate(path: Path) -> None:
+    config = Config.load(path)
+    config.validate()
+    assert f"{config.data.src}-{config.data.tgt}" == path.stem
