@@ -66,17 +66,20 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             jobs = [await self._queue.get()]
-            count = len(jobs[0].texts)
-            deadline = loop.time() + self._wait_seconds
-            while count < self._max_sentences and (timeout := deadline - loop.time()) > 0:
-                try:
-                    job = await asyncio.wait_for(self._queue.get(), timeout)
-                except TimeoutError:
-                    break
-                jobs.append(job)
-                count += len(job.texts)
             try:
+                count = len(jobs[0].texts)
+                deadline = loop.time() + self._wait_seconds
+                while count < self._max_sentences and (timeout := deadline - loop.time()) > 0:
+                    try:
+                        job = await asyncio.wait_for(self._queue.get(), timeout)
+                    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+                        break
+                    jobs.append(job)
+                    count += len(job.texts)
                 await self._decode(jobs)
+            except Exception as error:  # whatever happens, no request waits forever and the loop lives on
+                log.exception("batch of %d requests failed", len(jobs))
+                _fail(jobs, error)
             finally:
                 for _ in jobs:
                     self._queue.task_done()
@@ -94,9 +97,10 @@ class Batcher:
                 results = await loop.run_in_executor(self._executor, self._translator.translate, texts, group[0].decode)
             except Exception as error:  # reported to the requests, which answer 500; the worker lives on
                 log.exception("decoding a batch of %d sentences failed", len(texts))
-                for job in group:
-                    if not job.future.done():
-                        job.future.set_exception(error)
+                _fail(group, error)
+                continue
+            if len(results) != len(texts):  # never hand a request someone else's sentences
+                _fail(group, RuntimeError(f"{len(texts)} sentences in, {len(results)} translations out"))
                 continue
             self._on_batch(len(texts))
             offset = 0
@@ -104,3 +108,9 @@ class Batcher:
                 if not job.future.done():
                     job.future.set_result(results[offset : offset + len(job.texts)])
                 offset += len(job.texts)
+
+
+def _fail(jobs: list[_Job], error: Exception) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(error)

@@ -7,11 +7,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from app.batcher import Batcher
+from app.body_limit import BodySizeLimit
 from app.errors import describe_validation_errors
 from app.metrics import Metrics
 from app.registry import load_models
@@ -60,15 +62,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
 
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # inside `observe`: 413s are counted
+
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "other")
-        metrics.requests.labels(name, str(response.status_code)).inc()
-        metrics.latency.labels(name).observe(time.perf_counter() - start)
-        return response
+        status = 500  # unless a response comes back: an unhandled error is answered 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            name = getattr(request.scope.get("route"), "path", "other")
+            metrics.requests.labels(name, str(status)).inc()
+            metrics.latency.labels(name).observe(time.perf_counter() - start)
 
     return app
 

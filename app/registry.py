@@ -31,7 +31,7 @@ def load_models(models_dir: str | Path, device: str) -> dict[tuple[str, str], Se
     folder = Path(models_dir)
     if not folder.is_dir():
         raise ModelsError(f"models folder {folder} does not exist")
-    candidates = sorted(p for p in folder.iterdir() if p.is_dir() and (p / CONFIG).is_file())
+    candidates = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not candidates:
         raise ModelsError(f"models folder {folder} holds no model directory (a folder with {CONFIG})")
     resolved = str(resolve_device(device))
@@ -39,6 +39,7 @@ def load_models(models_dir: str | Path, device: str) -> dict[tuple[str, str], Se
     for path in candidates:
         try:
             translator = Translator.from_dir(path, device=resolved)
+            translator.decode.validate()
         except (ModelDirError, ValueError, OSError) as error:
             raise ModelsError(f"cannot serve {path}: {error}") from error
         pair = (translator.source_lang, translator.target_lang)

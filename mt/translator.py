@@ -25,7 +25,7 @@ class Candidate:
     text: str
     score: float  # length-normalized log-probability
     pieces: list[str]  # target pieces
-    attention: list[list[float]]  # (len(pieces), len(source_pieces)): where each target piece looked
+    attention: torch.Tensor  # (len(pieces), len(source_pieces)): where each target piece looked
 
 
 @dataclass
@@ -123,14 +123,15 @@ class Translator:
 
     def _translation(self, source: list[int], hypotheses: list[Hypothesis]) -> Translation:
         source_pieces = self.src_tokenizer.pieces(source[:-1]) + ["</s>"]
-        if len(source) == 1:  # nothing but </s>: empty in, empty out
-            return Translation(source_pieces, [Candidate(text="", score=0.0, pieces=[], attention=[])])
+        empty = Candidate(text="", score=0.0, pieces=[], attention=torch.zeros(0, len(source)))
+        if len(source) == 1 or not hypotheses:  # nothing but </s> in, or search found nothing finite
+            return Translation(source_pieces, [empty])
         candidates = [
             Candidate(
                 text=self.tgt_tokenizer.decode(h.tokens),
                 score=h.score if math.isfinite(h.score) else float("-inf"),
                 pieces=self.tgt_tokenizer.pieces(h.tokens),
-                attention=h.attention[:, : len(source)].float().cpu().tolist(),
+                attention=torch.nan_to_num(h.attention[:, : len(source)].float().cpu()),
             )
             for h in hypotheses
         ]

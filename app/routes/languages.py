@@ -16,4 +16,6 @@ async def languages(service: ServiceDep) -> list[Language]:
     targets: dict[str, list[str]] = {}
     for source, target in sorted(service.models):
         targets.setdefault(source, []).append(target)
+    for _, target in sorted(service.models):  # clients build their target pickers from this list too
+        targets.setdefault(target, [])
     return [Language(code=code, name=language_name(code), targets=t) for code, t in targets.items()]

@@ -37,7 +37,7 @@ _BODY = {"schema": TranslateRequest.model_json_schema()}  # the body is parsed b
 )
 async def translate(request: Request, service: ServiceDep) -> TranslateResponse:
     """Translate `q` (a string or a list of strings) from `source` to `target`."""
-    body = await _parse(request, service.settings.max_body_bytes)
+    body = await _parse(request)
     settings = service.settings
     texts = [body.q] if isinstance(body.q, str) else body.q
     _check_limits(
@@ -64,10 +64,8 @@ async def translate(request: Request, service: ServiceDep) -> TranslateResponse:
     )
 
 
-async def _parse(request: Request, max_bytes: int) -> TranslateRequest:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise HTTPException(413, f"request body is larger than {max_bytes} bytes")
+async def _parse(request: Request) -> TranslateRequest:
+    """JSON or form data (the body size is bounded by the BodySizeLimit middleware)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     raw: Any
     if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
@@ -75,16 +73,16 @@ async def _parse(request: Request, max_bytes: int) -> TranslateRequest:
         raw = {key: (values if len(values := form.getlist(key)) > 1 else values[0]) for key in form}
     else:
         data = await request.body()
-        if len(data) > max_bytes:
-            raise HTTPException(413, f"request body is larger than {max_bytes} bytes")
         if not data:
             raise HTTPException(400, "request body is empty: send JSON or form data with q, source and target")
         try:
             raw = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise HTTPException(400, f"request body is not valid JSON: {error}") from None
+        except (ValueError, RecursionError) as error:  # also huge numbers and deep nesting
+            raise HTTPException(400, f"request body is not valid JSON: {str(error)[:200]}") from None
     if not isinstance(raw, dict):
         raise HTTPException(400, "request body must be a JSON object with q, source and target")
+    # LibreTranslate clients send empty form fields and nulls for "use the default"
+    raw = {key: value for key, value in raw.items() if key == "q" or value not in ("", None)}
     try:
         return TranslateRequest.model_validate(raw)
     except ValidationError as error:
@@ -114,7 +112,9 @@ def _response(
     aligned = (
         [
             Alignment(
-                source_pieces=r.source_pieces, target_pieces=r.candidates[0].pieces, attention=r.candidates[0].attention
+                source_pieces=r.source_pieces,
+                target_pieces=r.candidates[0].pieces,
+                attention=r.candidates[0].attention.tolist(),
             )
             if r
             else Alignment(source_pieces=[], target_pieces=[], attention=[])

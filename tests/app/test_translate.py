@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -150,3 +152,49 @@ def test_internal_failure_is_500_without_a_stack_trace(models_dir: Path, monkeyp
         assert response.json() == {"error": "internal server error"}
         monkeypatch.undo()  # the server lives on
         assert client.post("/translate", json={"q": "alpha", "source": "src", "target": "tgt"}).status_code == 200
+
+
+def test_unknown_routes_and_methods_use_the_error_shape(client: TestClient) -> None:
+    assert client.get("/nowhere").json() == {"error": "Not Found"}
+    response = client.get("/translate")
+    assert response.status_code == 405
+    assert "error" in response.json()
+
+
+@pytest.mark.parametrize("payload", [b"[" * 100_000 + b"]" * 100_000, b'{"q": ' + b"9" * 5000 + b"}"])
+def test_pathological_json_is_400_not_500(models_dir: Path, payload: bytes) -> None:
+    with client_for(models_dir, raise_server_exceptions=False) as client:
+        response = client.post("/translate", content=payload, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert "error" in response.json()
+
+
+def test_a_chunked_body_over_the_limit_is_413(client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"q": "'
+        for _ in range(10):
+            yield b"a" * 1000
+        yield b'", "source": "src", "target": "tgt"}'
+
+    response = client.post("/translate", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json() == {"error": "request body is larger than 5000 bytes"}
+
+
+def test_empty_form_fields_and_nulls_take_their_defaults(client: TestClient) -> None:
+    form = {"q": "alpha bravo golf", "source": "src", "target": "tgt", "format": "", "alternatives": "", "api_key": ""}
+    assert client.post("/translate", data=form).json() == {"translatedText": "GOLF BRAVO ALPHA"}
+    body = {"q": "alpha bravo golf", "source": "src", "target": "tgt", "format": None, "beam_size": None}
+    assert client.post("/translate", json=body).json() == {"translatedText": "GOLF BRAVO ALPHA"}
+
+
+def test_a_batch_with_missing_results_fails_instead_of_shifting_answers(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with client_for(models_dir, raise_server_exceptions=False) as client:
+        translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
+        real = translator.translate
+        monkeypatch.setattr(translator, "translate", lambda texts, decode: real(texts, decode)[:-1])
+        response = client.post("/translate", json={"q": ["alpha", "bravo"], "source": "src", "target": "tgt"})
+        assert response.status_code == 500
+        assert 'status="500"' in client.get("/metrics").text
