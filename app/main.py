@@ -16,7 +16,7 @@ from app.batcher import Batcher
 from app.body_limit import BodySizeLimit
 from app.errors import describe_validation_errors
 from app.metrics import Metrics
-from app.registry import load_models
+from app.registry import ServedModel, load_models
 from app.routes import health, languages, translate, web
 from app.service import Service
 from app.settings import Settings
@@ -25,13 +25,15 @@ from mt.translator import resolve_device
 log = logging.getLogger("app")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, models: dict[tuple[str, str], ServedModel] | None = None) -> FastAPI:
+    """The app; it loads the models of `settings.models_dir` at start-up unless given them loaded."""
     settings = settings or Settings()
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        models = load_models(settings.models_dir, settings.device)
+        nonlocal models
+        models = models if models is not None else load_models(settings.models_dir, settings.device)
         batchers = {
             pair: Batcher(
                 model.translator,

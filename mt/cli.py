@@ -140,12 +140,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.registry import ModelsError, load_models
     from app.settings import Settings
 
     flags = {"host": args.host, "port": args.port, "models_dir": args.models, "device": args.device}
     settings = Settings(**{key: value for key, value in flags.items() if value is not None})
+    logging.getLogger("app").setLevel(logging.INFO)
+    try:  # before the server starts, so that a bad models folder is one clear line, not a traceback
+        models = load_models(settings.models_dir, settings.device)
+    except ModelsError as error:
+        print(f"mt serve: error: {error}", file=sys.stderr)
+        return 2
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, models),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

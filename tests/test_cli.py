@@ -129,6 +129,7 @@ def test_evaluate_on_source_and_reference_files(
         (["train", "--data", "/nonexistent", "--out", "OUT"], "corpus path /nonexistent does not exist"),
         (["train", "--out", "OUT", "--train.lr", "fast"], "train.lr must be a number"),
         (["train", "--out", "OUT", "--resume"], "cannot resume"),
+        (["serve", "--models", "/nonexistent"], "models folder /nonexistent does not exist"),
     ],
 )
 def test_bad_input_is_a_one_line_error_and_exit_code_2(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,25 @@ def test_start_up_stops_on_a_bad_models_folder(setup: str, message: str, tmp_pat
         (folder / "broken" / "config.json").write_text((models_dir / "src-tgt" / "config.json").read_text())
     with pytest.raises(ModelsError, match=message), client_for(folder):
         pass
+
+
+def test_health_answers_while_a_translation_is_decoding(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with client_for(models_dir) as client:
+        translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
+        real, decoding, release = translator.translate, threading.Event(), threading.Event()
+
+        def slow(texts: list[str], decode: object) -> object:
+            decoding.set()
+            release.wait(timeout=30)
+            return real(texts, decode)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(translator, "translate", slow)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(
+                client.post, "/translate", json={"q": "alpha bravo golf", "source": "src", "target": "tgt"}
+            )
+            assert decoding.wait(timeout=30)
+            assert client.get("/health").status_code == 200  # while the decoding thread is busy
+            assert not pending.done()
+            release.set()
+            assert pending.result(timeout=30).json() == {"translatedText": "GOLF BRAVO ALPHA"}
