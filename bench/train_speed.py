@@ -68,6 +68,8 @@ def main() -> None:
         batch = collate(indices, src, tgt, device)
         train_step(model, optimizer, batch, config.train)
         tokens += batch.tgt_tokens
+    if tokens and len(batches) >= 10 + args.steps:
+        rates.append(tokens / (time.perf_counter() - start))  # the last window
     print(
         f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, {platform.machine()}, "
         f"torch {torch.__version__}"

@@ -145,6 +145,8 @@ def export_model_dir(
     save_file(weights, str(tmp / WEIGHTS))
     if out.exists():  # keep the previous export until the new one is in place
         os.replace(out, old)
+    for file in tmp.iterdir():
+        file.chmod(0o644)  # shipped files: readable by the non-root user of a container
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
     return first
