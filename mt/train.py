@@ -148,8 +148,9 @@ def keep_freed_memory() -> None:
 
     The (tokens x vocabulary) logits and their gradients are tens of MB; glibc serves blocks that size
     with fresh mmaps and unmaps them on free, so every step page-faults and zeroes hundreds of MB
-    again. Serving them from the heap and never trimming it makes training measurably faster
-    (see README, "Training speed"). No effect where the C library is not glibc.
+    again. Serving them from the heap and never trimming it: `python bench/train_speed.py --steps 80`
+    gave 2,243 target tokens/s with this call and 2,107 without (one run each, 2-core Xeon; a gain
+    about as large as the spread between windows). No effect where the C library is not glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
