@@ -49,10 +49,19 @@ class LoadedModel:
 
 
 def save_model_dir(
-    path: Path, model: Seq2Seq, config: Config, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer
+    path: Path,
+    model: Seq2Seq,
+    config: Config,
+    src_tokenizer: Tokenizer,
+    tgt_tokenizer: Tokenizer,
+    *,
+    half: bool = False,  # store the weights in fp16 (for shipping)
 ) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    save_file(model_weights(model), str(path / WEIGHTS))
+    weights = model_weights(model)
+    if half:
+        weights = {name: tensor.half() for name, tensor in weights.items()}
+    save_file(weights, str(path / WEIGHTS))
     config.save(path / CONFIG)
     src_tokenizer.save(path / SRC_SPM)
     tgt_tokenizer.save(path / TGT_SPM)
@@ -133,16 +142,12 @@ def export_model_dir(
     first.model.load_state_dict(averaged, strict=False)  # a tied output weight comes with the embedding
     if decode is not None:
         first.config.decode = decode
-    weights = model_weights(first.model)
-    if half:
-        weights = {name: tensor.half() for name, tensor in weights.items()}
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ModelDirError(f"{out} is a link or a file; export writes a new directory")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model_dir(tmp, first.model, first.config, first.src_tokenizer, first.tgt_tokenizer)
-    save_file(weights, str(tmp / WEIGHTS))
+    save_model_dir(tmp, first.model, first.config, first.src_tokenizer, first.tgt_tokenizer, half=half)
     if out.exists():  # keep the previous export until the new one is in place
         os.replace(out, old)
     for file in tmp.iterdir():

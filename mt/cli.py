@@ -13,7 +13,7 @@ import typing
 from pathlib import Path
 
 from mt.checkpoint import CONFIG, ModelDirError
-from mt.config import Config, ConfigError, section_fields, section_names, set_field
+from mt.config import Config, ConfigError, DecodeConfig, section_fields, section_names, set_field
 from mt.data import CorpusError, read_lines
 
 log = logging.getLogger("mt")
@@ -51,7 +51,7 @@ def _add_decode_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
 
 
-def _decode_config(args: argparse.Namespace, translator_decode: typing.Any) -> typing.Any:
+def _decode_config(args: argparse.Namespace, translator_decode: DecodeConfig) -> DecodeConfig:
     config = Config(decode=translator_decode)
     return _apply(config, _overrides(args)).decode
 
@@ -109,8 +109,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     translator = Translator.from_dir(args.model, device=args.device)
     decode = _decode_config(args, translator.decode)
-    src_lang = args.src_lang or _model_config(args.model).data.src
-    tgt_lang = args.tgt_lang or _model_config(args.model).data.tgt
+    src_lang = args.src_lang or translator.source_lang
+    tgt_lang = args.tgt_lang or translator.target_lang
     sources, references, name = read_test_set(
         data=args.data, split=args.split, src=args.src, ref=args.ref, src_lang=src_lang, tgt_lang=tgt_lang
     )
@@ -125,7 +125,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from mt.checkpoint import export_model_dir
 
     sources = [Path(path) for path in args.models]
-    decode = _apply(Config(decode=_model_config(args.models[0]).decode), _overrides(args)).decode
+    decode = _decode_config(args, Config.load(Path(args.models[0]) / CONFIG).decode)
     exported = export_model_dir(sources, Path(args.out), half=args.fp16, decode=decode)
     size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 1e6
     averaged = f"average of {len(sources)} checkpoints" if len(sources) > 1 else "one checkpoint"
@@ -161,16 +161,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_config(model_dir: str) -> Config:
-    return Config.load(Path(model_dir) / CONFIG)
-
-
 # --- parser -----------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mt", description="Recurrent neural machine translation: train, translate, evaluate."
+        prog="mt", description="Recurrent neural machine translation: train, translate, evaluate, export, serve."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
