@@ -8,6 +8,7 @@ the sentences still being decoded.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -32,14 +33,80 @@ class Hypothesis:
     attention: Tensor  # (len(tokens), src_len): attention weights of each output piece
 
 
+class SearchTimeout(RuntimeError):
+    """The search ran past its deadline; whatever it had found is dropped."""
+
+
 def length_penalty(length: int, alpha: float) -> float:
     """GNMT length penalty lp(Y) = ((5 + |Y|) / 6) ** alpha (Wu et al. 2016, eq. 14); alpha 0 = none."""
     return float(((5.0 + length) / 6.0) ** alpha)
 
 
-def _hypothesis(tokens: list[int], log_prob: float, attention: Tensor, alpha: float) -> Hypothesis:
-    score = log_prob / length_penalty(len(tokens) + 1, alpha)  # +1 counts </s>
-    return Hypothesis(tokens=tokens, log_prob=log_prob, score=score, attention=attention)
+class _History:
+    """Back-pointers: what each step's rows are, so a hypothesis is traced back only when it is returned.
+
+    Rows are the hypotheses alive at a step. Step t records the attention of its rows and, for each
+    row of step t + 1, the row of step t it continues and the piece it appended. Memory and time grow
+    linearly with the output length (copying whole prefixes at every step would grow quadratically).
+    """
+
+    def __init__(self) -> None:
+        self.attention: list[Tensor] = []  # step t: (rows_t, src_len)
+        self.offsets: list[int] = []  # step t's first row in the concatenation of all steps' rows
+        self.parents: list[list[int]] = []  # step t: for each row of step t + 1, its row at step t
+        self.tokens: list[list[int]] = []  # step t: for each row of step t + 1, the piece it appended
+        self._rows = 0
+
+    def add_attention(self, weights: Tensor) -> None:
+        self.offsets.append(self._rows)
+        self.attention.append(weights)
+        self._rows += weights.size(0)
+
+    def add_rows(self, parents: Tensor, tokens: Tensor) -> None:
+        self.parents.append(parents.tolist())
+        self.tokens.append(tokens.tolist())
+
+    def trace(self, step: int, row: int) -> tuple[list[int], list[int]]:
+        """The pieces of `row` at `step`, and the ids of their attention rows among all steps' rows."""
+        tokens, attention_rows = [], []
+        for t in range(step - 1, -1, -1):
+            tokens.append(self.tokens[t][row])
+            row = self.parents[t][row]
+            attention_rows.append(self.offsets[t] + row)
+        return tokens[::-1], attention_rows[::-1]
+
+
+@dataclass
+class _Ending:
+    """A hypothesis that chose </s> from `row` at `step`; traced back only if it is returned."""
+
+    step: int
+    row: int
+    log_prob: float
+    score: float
+
+
+def _ending(step: int, row: int, log_prob: float, alpha: float) -> _Ending:
+    return _Ending(step, row, log_prob, log_prob / length_penalty(step + 1, alpha))  # +1 counts </s>
+
+
+def _hypotheses(endings: list[list[_Ending]], history: _History, n_best: int) -> list[list[Hypothesis]]:
+    all_attention = torch.cat(history.attention) if history.attention else torch.empty(0, 0)
+    results = []
+    for sentence in endings:
+        best = sorted(sentence, key=lambda e: e.score, reverse=True)[:n_best]
+        hypotheses = []
+        for ending in best:
+            tokens, attention_rows = history.trace(ending.step, ending.row)
+            index = torch.tensor(attention_rows, dtype=torch.long, device=all_attention.device)
+            hypotheses.append(Hypothesis(tokens, ending.log_prob, ending.score, all_attention.index_select(0, index)))
+        results.append(hypotheses)
+    return results
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise SearchTimeout("search ran past its deadline")
 
 
 @torch.inference_mode()
@@ -51,49 +118,45 @@ def greedy_search(
     bos: int,
     eos: int,
     length_penalty_alpha: float = 0.0,
+    deadline: float | None = None,
 ) -> list[list[Hypothesis]]:
     """The most probable next piece at every step.
 
     max_lengths: (batch,) most output pieces per sentence before </s> is forced.
+    deadline: a `time.monotonic()` time; past it, the search raises SearchTimeout.
     Returns one single-hypothesis list per sentence, in input order.
     """
     batch = max_lengths.size(0)
     device = max_lengths.device
-    rows = torch.arange(batch, device=device)  # sentence id of each row still decoding
+    sentences = torch.arange(batch, device=device)  # sentence id of each row still decoding
     prev = torch.full((batch,), bos, dtype=torch.long, device=device)
-    tokens = torch.empty(batch, 0, dtype=torch.long, device=device)
-    attention: Tensor | None = None  # (rows, steps, src_len)
     log_prob = torch.zeros(batch, device=device)
-    results: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    history = _History()
+    endings: list[list[_Ending]] = [[] for _ in range(batch)]
     for t in range(int(max_lengths.max()) + 1):
+        _check_deadline(deadline)
         log_probs, weights, state = step(prev, state)
+        history.add_attention(weights)
         best_log_prob, best = log_probs.max(dim=-1)
-        at_limit = max_lengths[rows] <= t
+        at_limit = max_lengths[sentences] <= t
         best = best.masked_fill(at_limit, eos)
         log_prob = log_prob + torch.where(at_limit, log_probs[:, eos], best_log_prob)
-        attention = weights.unsqueeze(1) if attention is None else torch.cat([attention, weights.unsqueeze(1)], 1)
         done = best == eos
         if bool(done.any()):
-            for row in done.nonzero().squeeze(1).tolist():
-                results[int(rows[row])] = [
-                    _hypothesis(
-                        tokens[row].tolist(), float(log_prob[row]), attention[row, :t].clone(), length_penalty_alpha
-                    )
-                ]
+            for row, sentence, row_log_prob in zip(
+                done.nonzero().squeeze(1).tolist(), sentences[done].tolist(), log_prob[done].tolist(), strict=True
+            ):
+                endings[sentence].append(_ending(t, row, row_log_prob, length_penalty_alpha))
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            rows, best, tokens, attention, log_prob = (
-                rows[keep],
-                best[keep],
-                tokens[keep],
-                attention[keep],
-                log_prob[keep],
-            )
+            sentences, best, log_prob = sentences[keep], best[keep], log_prob[keep]
             state = state.select(keep)
-        tokens = torch.cat([tokens, best.unsqueeze(1)], dim=1)
+        else:
+            keep = torch.arange(best.size(0), device=device)
+        history.add_rows(keep, best)
         prev = best
-    return results
+    return _hypotheses(endings, history, n_best=1)
 
 
 @torch.inference_mode()
@@ -107,6 +170,7 @@ def beam_search(
     eos: int,
     length_penalty_alpha: float = 1.0,
     n_best: int = 1,
+    deadline: float | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search with `beam_size` live hypotheses per sentence.
 
@@ -114,6 +178,7 @@ def beam_search(
     that end in </s> are finished, and the k best that do not end live on. A sentence is done once it
     has k finished hypotheses or reaches its max length (where </s> is forced).
     max_lengths: (batch,) most output pieces per sentence before </s> is forced.
+    deadline: a `time.monotonic()` time; past it, the search raises SearchTimeout.
     Returns up to `n_best` hypotheses per sentence, best first, in input order.
     """
     if not 1 <= n_best <= beam_size:
@@ -124,21 +189,21 @@ def beam_search(
     sentences = torch.arange(batch, device=device)  # sentence id of each block of k rows
     state = state.select(torch.arange(batch, device=device).repeat_interleave(k))
     prev = torch.full((batch * k,), bos, dtype=torch.long, device=device)
-    tokens = torch.empty(batch * k, 0, dtype=torch.long, device=device)
-    attention: Tensor | None = None  # (rows, steps, src_len)
     beam_scores = torch.zeros(batch, k, device=device)
     beam_scores[:, 1:] = float("-inf")  # all k beams start as one: expand only the first
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    history = _History()
+    endings: list[list[_Ending]] = [[] for _ in range(batch)]
 
     for t in range(int(max_lengths.max()) + 1):
+        _check_deadline(deadline)
         log_probs, weights, state = step(prev, state)
+        history.add_attention(weights)
         vocab = log_probs.size(-1)
         at_limit = (max_lengths[sentences] <= t).repeat_interleave(k)
         if bool(at_limit.any()):  # only </s> may follow a hypothesis at its max length
             forced = torch.full_like(log_probs[0], float("-inf"))
             forced[eos] = 0.0
             log_probs = torch.where(at_limit.unsqueeze(1), forced + log_probs, log_probs)
-        attention = weights.unsqueeze(1) if attention is None else torch.cat([attention, weights.unsqueeze(1)], 1)
 
         n = sentences.size(0)
         candidates = (beam_scores.view(-1, 1) + log_probs).view(n, k * vocab)
@@ -148,17 +213,16 @@ def beam_search(
         is_eos = token == eos
 
         # finish the hypotheses that end in </s> among each sentence's best k
-        ends = (is_eos[:, :k] & (top_scores[:, :k] > float("-inf"))).nonzero().tolist()
-        for sentence, rank in ends:
-            row = int(origin[sentence, rank])
-            finished[int(sentences[sentence])].append(
-                _hypothesis(
-                    tokens[row].tolist(),
-                    float(top_scores[sentence, rank]),
-                    attention[row, :t].clone(),
-                    length_penalty_alpha,
-                )
-            )
+        ends = is_eos[:, :k] & (top_scores[:, :k] > float("-inf"))
+        if bool(ends.any()):
+            where = ends.nonzero()
+            for sentence, row, score in zip(
+                sentences[where[:, 0]].tolist(),
+                origin[:, :k][ends].tolist(),
+                top_scores[:, :k][ends].tolist(),
+                strict=True,
+            ):
+                endings[sentence].append(_ending(t, row, score, length_penalty_alpha))
 
         # the best k continuations that do not end live on (there are always k: at most k end)
         live_rank = (~is_eos).float().cumsum(dim=1)
@@ -167,9 +231,9 @@ def beam_search(
         new_token = token[keep_candidate].view(n, k)
         new_scores = top_scores[keep_candidate].view(n, k)
 
-        done = torch.tensor(
-            [len(finished[int(s)]) >= k for s in sentences.tolist()], dtype=torch.bool, device=device
-        ) | (max_lengths[sentences] <= t)
+        done = torch.tensor([len(endings[s]) >= k for s in sentences.tolist()], dtype=torch.bool, device=device) | (
+            max_lengths[sentences] <= t
+        )
         if bool(done.all()):
             break
         active = (~done).nonzero().squeeze(1)
@@ -177,8 +241,7 @@ def beam_search(
         rows = new_origin[active].view(-1)
         beam_scores = new_scores[active]
         prev = new_token[active].view(-1)
-        tokens = torch.cat([tokens[rows], prev.unsqueeze(1)], dim=1)
-        attention = attention[rows]
+        history.add_rows(rows, prev)
         state = state.select(rows)
 
-    return [sorted(hyps, key=lambda h: h.score, reverse=True)[:n_best] for hyps in finished]
+    return _hypotheses(endings, history, n_best)

@@ -78,8 +78,13 @@ class Translator:
             target_lang=loaded.config.data.tgt,
         )
 
-    def translate(self, texts: list[str], decode: DecodeConfig | None = None) -> list[Translation]:
-        """Translate `texts`; the result at index i is the translation of texts[i]."""
+    def translate(
+        self, texts: list[str], decode: DecodeConfig | None = None, *, deadline: float | None = None
+    ) -> list[Translation]:
+        """Translate `texts`; the result at index i is the translation of texts[i].
+
+        deadline: a `time.monotonic()` time; past it, SearchTimeout is raised and nothing is returned.
+        """
         decode = decode or self.decode
         decode.validate()
         sources = [ids + [EOS] for ids in self.src_tokenizer.encode([t.strip() for t in texts])]
@@ -87,11 +92,14 @@ class Translator:
         order = sorted(range(len(texts)), key=lambda i: len(sources[i]))
         for start in range(0, len(order), decode.batch_size):
             chunk = order[start : start + decode.batch_size]
-            for index, hypotheses in zip(chunk, self._search([sources[i] for i in chunk], decode), strict=True):
+            found = self._search([sources[i] for i in chunk], decode, deadline)
+            for index, hypotheses in zip(chunk, found, strict=True):
                 results[index] = self._translation(sources[index], hypotheses)
         return [r for r in results if r is not None]
 
-    def _search(self, sources: list[list[int]], decode: DecodeConfig) -> list[list[Hypothesis]]:
+    def _search(
+        self, sources: list[list[int]], decode: DecodeConfig, deadline: float | None
+    ) -> list[list[Hypothesis]]:
         was_training = self.model.training
         self.model.eval()
         try:
@@ -107,6 +115,7 @@ class Translator:
                         bos=BOS,
                         eos=EOS,
                         length_penalty_alpha=decode.length_penalty,
+                        deadline=deadline,
                     )
                 return beam_search(
                     self.model.decoder.step,
@@ -117,6 +126,7 @@ class Translator:
                     eos=EOS,
                     length_penalty_alpha=decode.length_penalty,
                     n_best=decode.n_best,
+                    deadline=deadline,
                 )
         finally:
             self.model.train(was_training)

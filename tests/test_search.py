@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -9,7 +11,7 @@ from torch import Tensor
 
 from mt.config import ModelConfig
 from mt.model import Seq2Seq, pad_batch
-from mt.search import beam_search, greedy_search, length_penalty
+from mt.search import SearchTimeout, beam_search, greedy_search, length_penalty
 from mt.tokenizer import BOS, EOS
 
 A, B, C = 4, 5, 6  # tokens of the hand-made distributions; 0-3 are the special pieces
@@ -27,7 +29,9 @@ class History:
         return History(self.tokens.index_select(0, index))
 
 
-def table_step(table: dict[tuple[int, ...], dict[int, float]]):
+def table_step(
+    table: dict[tuple[int, ...], dict[int, float]],
+) -> Callable[[Tensor, History], tuple[Tensor, Tensor, History]]:
     """A step function whose next-token distribution is looked up by the history (without <s>);
     histories not in the table are dead ends: they go on with C and almost never end."""
 
@@ -82,9 +86,11 @@ def test_length_normalization_lets_a_longer_hypothesis_win() -> None:
     # B </s>: log p = -1.49 (raw winner); A A </s>: log p = -1.62, but normalized -1.215 > -1.277
     table = {(): {A: 0.55, B: 0.45}, (A,): {A: 0.36, EOS: 0.04, C: 0.6}, (A, A): {EOS: 1.0}, (B,): {EOS: 0.5, C: 0.5}}
     step = table_step(table)
-    kwargs = {"max_lengths": torch.tensor([10]), "beam_size": 3, "bos": BOS, "eos": EOS}
-    [[raw]] = beam_search(step, start(), length_penalty_alpha=0.0, **kwargs)
-    [[normalized]] = beam_search(step, start(), length_penalty_alpha=1.0, **kwargs)
+    lengths = torch.tensor([10])
+    [[raw]] = beam_search(step, start(), max_lengths=lengths, beam_size=3, bos=BOS, eos=EOS, length_penalty_alpha=0.0)
+    [[normalized]] = beam_search(
+        step, start(), max_lengths=lengths, beam_size=3, bos=BOS, eos=EOS, length_penalty_alpha=1.0
+    )
     assert raw.tokens == [B]
     assert normalized.tokens == [A, A]
     assert normalized.score == pytest.approx(normalized.log_prob / length_penalty(3, 1.0))
@@ -176,3 +182,49 @@ def test_batched_beam_search_equals_one_sentence_at_a_time() -> None:
         assert [h.tokens for h in hyps] == [h.tokens for h in alone]
         assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-4)
         assert torch.allclose(hyps[0].attention[:, : len(sentence)], alone[0].attention, atol=1e-5)
+
+
+@dataclass
+class Trail:
+    """Search state whose attention weights record the row's step and the piece it was fed."""
+
+    steps: Tensor  # (rows,)
+
+    def select(self, index: Tensor) -> Trail:
+        return Trail(self.steps.index_select(0, index))
+
+
+def trail_step(prev: Tensor, state: Trail) -> tuple[Tensor, Tensor, Trail]:
+    """Every row prefers a different piece at every step, so beams reorder; </s> comes at step 4."""
+    rows = prev.size(0)
+    logits = torch.sin(torch.arange(rows * VOCAB, dtype=torch.float).view(rows, VOCAB) * (prev.unsqueeze(1) + 1.7))
+    logits[:, EOS] = torch.where(state.steps >= 4, 10.0, -10.0)
+    attention = torch.stack([state.steps.float(), prev.float(), torch.zeros(rows)], dim=1)
+    return logits.log_softmax(-1), attention, Trail(state.steps + 1)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_each_hypothesis_carries_the_attention_of_its_own_ancestors(beam_size: int) -> None:
+    """Row i of a hypothesis's attention was computed at step i, fed the piece before piece i."""
+    results = beam_search(
+        trail_step,
+        Trail(torch.zeros(2, dtype=torch.long)),
+        max_lengths=torch.tensor([9, 9]),
+        beam_size=beam_size,
+        bos=BOS,
+        eos=EOS,
+        n_best=beam_size,
+    )
+    for hypotheses in results:
+        for hyp in hypotheses:
+            assert len(hyp.tokens) == 4
+            assert hyp.attention[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+            assert hyp.attention[:, 1].tolist() == [float(BOS), *map(float, hyp.tokens[:-1])]
+
+
+def test_greedy_and_beam_stop_at_a_deadline_in_the_past() -> None:
+    start, lengths, past = Trail(torch.zeros(1, dtype=torch.long)), torch.tensor([9]), time.monotonic() - 1
+    with pytest.raises(SearchTimeout):
+        greedy_search(trail_step, start, max_lengths=lengths, bos=BOS, eos=EOS, deadline=past)
+    with pytest.raises(SearchTimeout):
+        beam_search(trail_step, start, max_lengths=lengths, beam_size=2, bos=BOS, eos=EOS, deadline=past)
