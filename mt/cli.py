@@ -143,7 +143,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.registry import ModelsError, load_models
     from app.settings import Settings
 
-    flags = {"host": args.host, "port": args.port, "models_dir": args.models, "device": args.device}
+    flags = {
+        "host": args.host,
+        "port": args.port,
+        "models_dir": args.models,
+        "device": args.device,
+        "api_keys_file": args.api_keys_file,
+        "rate_limit_per_minute": args.rate_limit_per_minute,
+        "cors_origins": args.cors_origins,
+    }
     settings = Settings(**{key: value for key, value in flags.items() if value is not None})
     logging.getLogger("app").setLevel(logging.INFO)
     try:  # before the server starts, so that a bad models folder is one clear line, not a traceback
@@ -205,6 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default: 8000; env MT_PORT)")
     serve.add_argument("--models", help="folder of model directories (default: models; env MT_MODELS_DIR)")
     serve.add_argument("--device", help="cpu, cuda or auto (default: auto; env MT_DEVICE)")
+    serve.add_argument(  # no flag for the keys themselves: flags show in `ps`
+        "--api-keys-file",
+        help="file of API keys, one per line, that /translate then requires (env MT_API_KEYS_FILE; "
+        "or the keys, comma-separated, in env MT_API_KEYS)",
+    )
+    serve.add_argument(
+        "--rate-limit-per-minute",
+        type=int,
+        help="/translate requests per key, or per client address without one (default: 0 = off; "
+        "env MT_RATE_LIMIT_PER_MINUTE)",
+    )
+    serve.add_argument(
+        "--cors-origins",
+        help="comma-separated origins allowed to call the API from a browser, or * (env MT_CORS_ORIGINS)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     export = commands.add_parser("export", help="write a model directory to ship: averaged, fp16, decoding defaults")

@@ -14,6 +14,10 @@ import sentencepiece as spm
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 
+class TokenizerError(ValueError):
+    """A file that is not a SentencePiece model with this project's special piece ids; the message names it."""
+
+
 def seed_sampling(seed: int) -> None:
     """Seed SentencePiece's (process-wide) generator for subword sampling."""
     spm.set_random_generator_seed(seed)
@@ -56,7 +60,21 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: Path) -> Tokenizer:
-        return cls(model_proto=path.read_bytes())
+        """Read a model file, refusing one that does not parse or numbers its special pieces otherwise."""
+        proto = path.read_bytes()
+        if not proto:  # SentencePiece would accept it as a model with no pieces
+            raise TokenizerError(f"{path} is empty, not a SentencePiece model")
+        try:
+            tokenizer = cls(model_proto=proto)
+        except RuntimeError as error:
+            raise TokenizerError(f"{path} is not a SentencePiece model ({' '.join(str(error).split())})") from error
+        sp = tokenizer.sp
+        special = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id())
+        if special != (PAD, UNK, BOS, EOS):
+            raise TokenizerError(
+                f"{path} numbers <pad>, <unk>, <s>, </s> as {list(special)}; models here need {[PAD, UNK, BOS, EOS]}"
+            )
+        return tokenizer
 
     def save(self, path: Path) -> None:
         path.write_bytes(self.model_proto)
@@ -67,8 +85,10 @@ class Tokenizer:
     def encode(self, texts: list[str], *, sampling_alpha: float = 0.0) -> list[list[int]]:
         """Piece ids of each text (no <s> or </s>); `sampling_alpha` > 0 samples a segmentation.
 
-        Samples are reproducible after `seed_sampling(seed)`: they are drawn on one thread, because
-        SentencePiece gives each worker thread its own copy of the seeded generator.
+        Samples are reproducible after `seed_sampling(seed)` within one process: they are drawn on one
+        thread, because SentencePiece gives each worker thread its own copy of the seeded generator. A new
+        process draws other samples from the same seed (sentencepiece 0.2.3), so a run resumed after a
+        kill sees other samples than one never interrupted.
         """
         ids: list[list[int]]
         if sampling_alpha > 0:

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 LOG_EVERY = 50  # steps between lines of the training log
 KEEP_CHECKPOINTS = 5  # newest checkpoints kept besides the best (for weight averaging)
+PROBE_BYTES = 1 << 20  # written and fsynced into the output folder at start, to fail early on a full disk
 
 
 class RunDirError(ValueError):
@@ -161,8 +163,10 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, ctypes.c_int(1 << 30))
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Fail at start, not after an hour, when the output folder cannot take this run."""
+def check_run_dir(run_dir: Path, resume: bool, config: Config | None = None) -> None:
+    """Fail at start, not after an hour, when the output folder cannot take this run: a run already
+    there (or none to resume), a folder that cannot be written, or, given the run's config, a disk
+    without room for its checkpoints."""
     last = run_dir / "last"
     if resume and last.is_symlink() and not last.exists():
         raise RunDirError(f"cannot resume: {last} points to a checkpoint that no longer exists ({os.readlink(last)})")
@@ -172,19 +176,48 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         raise RunDirError(
             f"{run_dir} already holds a training run; pass --resume to continue it, or choose another --out"
         )
+    probe = run_dir / ".write-test"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"\0" * 1024 * 1024)  # a full disk fails here, not at the first checkpoint
-        probe.unlink()
+        with probe.open("wb") as handle:  # a full disk fails here, not at the first checkpoint
+            handle.write(b"\0" * PROBE_BYTES)
+            handle.flush()
+            os.fsync(handle.fileno())  # some filesystems report a full disk only when data reaches it
     except OSError as error:
         raise RunDirError(f"cannot write to the output folder {run_dir}: {error.strerror or error}") from error
+    finally:
+        if probe.is_file():
+            probe.unlink()
+    if config is not None:
+        _check_free_space(run_dir, config, resume)
+
+
+def _check_free_space(run_dir: Path, config: Config, resume: bool) -> None:
+    existing = len(list((run_dir / "checkpoints").glob("step-*")))
+    count = max(1, KEEP_CHECKPOINTS + 2 - existing)  # the kept ones, `best`, and one being written before pruning
+    size = checkpoint_bytes(config) if not resume else sum(f.stat().st_size for f in (run_dir / "last").iterdir())
+    free = shutil.disk_usage(run_dir).free
+    if free < count * size:
+        raise RunDirError(
+            f"not enough free space for the run in {run_dir}: {free / 1e6:,.0f} MB free, its checkpoints need about "
+            f"{count * size / 1e6:,.0f} MB ({count} of {size / 1e6:,.1f} MB: weights, optimizer moments, vocabularies)"
+        )
+
+
+def checkpoint_bytes(config: Config) -> int:
+    """An estimate of one checkpoint's size from the config alone (before tokenizers are trained)."""
+    vocab = config.vocab
+    tgt_size = vocab.src_size if vocab.joint else vocab.tgt_size
+    with torch.device("meta"):  # parameter shapes without allocating them
+        model = Seq2Seq.from_config(config.model, src_vocab=vocab.src_size, tgt_vocab=tgt_size)
+    # fp32 weights and Adam's two moments: 12 bytes a parameter; a SentencePiece model: ~60 bytes a piece
+    return 12 * model.num_parameters() + 60 * (vocab.src_size + tgt_size) + PROBE_BYTES
 
 
 class Trainer:
     def __init__(self, config: Config, run_dir: Path, *, resume: bool = False, max_steps: int = 0) -> None:
-        check_run_dir(run_dir, resume)
         config.validate()
+        check_run_dir(run_dir, resume, config)
         self.config = config
         self.run_dir = run_dir
         self.max_steps = max_steps  # stop after this many steps in total (0 = no limit); for tests
@@ -222,6 +255,8 @@ class Trainer:
                     f"{run_dir / 'last'}/trainer.json does not hold a training position: {error}"
                 ) from None
             self.scheduler.load_state_dict(self.progress.scheduler)
+            # The schedule's settings may be changed on resume (train.* overrides); its counters carry on.
+            self.scheduler.factor, self.scheduler.patience = train_cfg.lr_decay, train_cfg.lr_patience
             log.info(
                 "resumed %s at step %d (epoch %d, batch %d)",
                 run_dir / "last",
@@ -241,6 +276,9 @@ class Trainer:
         """Train until early stopping, the epoch limit, the time limit or the step limit."""
         train_cfg = self.config.train
         self._started = time.monotonic() - self.progress.elapsed
+        if self._limit_reached():  # resumed after its last checkpoint was written: a kill at the very end
+            log.info("the run in %s already reached its step or time limit", self.run_dir)
+            return self.progress
         with (self.run_dir / "log.jsonl").open("a", encoding="utf-8") as self._log_file:
             while self.progress.epoch <= train_cfg.max_epochs:
                 if self._train_epoch():
@@ -299,9 +337,7 @@ class Trainer:
                 )
                 self._write_log("train", **figures)
                 window_tokens, window_loss, window_start = 0, 0.0, time.monotonic()
-            out_of_time = train_cfg.max_minutes > 0 and self._elapsed() >= 60 * train_cfg.max_minutes
-            out_of_steps = self.max_steps > 0 and self.progress.step >= self.max_steps
-            if out_of_time or out_of_steps:
+            if self._limit_reached():
                 bar.close()
                 self._validate_and_save()
                 return True
@@ -394,6 +430,11 @@ class Trainer:
         self._saved_step = self.progress.step
 
     # --- bookkeeping ---------------------------------------------------------------------------------
+
+    def _limit_reached(self) -> bool:
+        minutes = self.config.train.max_minutes
+        out_of_time = minutes > 0 and self._elapsed() >= 60 * minutes
+        return out_of_time or (self.max_steps > 0 and self.progress.step >= self.max_steps)
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])

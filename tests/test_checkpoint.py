@@ -135,7 +135,10 @@ def test_export_refuses_to_average_different_models(model_dir: Path, reverse_cor
 
 def test_saving_a_step_twice_never_touches_the_live_checkpoint(tmp_path: Path) -> None:
     def write(content: str) -> Callable[[Path], None]:
-        return lambda folder: (folder / "file").write_text(content)
+        def to(folder: Path) -> None:
+            (folder / "file").write_text(content)
+
+        return to
 
     first = commit_checkpoint(tmp_path, 7, write("one"))
     point_link(tmp_path, "last", first)
