@@ -1,22 +1,34 @@
 """Micro-batching: sentences from concurrent requests to one model are gathered for a few
 milliseconds (or until a batch is full) and decoded together on a worker thread, so the event loop
 stays free and throughput under concurrency is that of batch translation. Each request gets exactly
-its own translations back, in order."""
+its own translations back, in order.
+
+Load is bounded: a request that would take the queue past its limit is refused at once (Overloaded),
+and each request has a time budget, counted from its arrival, that covers waiting and decoding. A
+request whose budget ran out while it waited is not decoded; a decode that runs past the budget of
+every request in it is stopped (SearchTimeout), so no worker is held by one pathological batch."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from mt.config import DecodeConfig
+from mt.search import SearchTimeout
 from mt.translator import Translation, Translator
 
 log = logging.getLogger(__name__)
+
+
+class Overloaded(RuntimeError):
+    """The queue is full: the request is refused rather than queued without bound."""
 
 
 @dataclass
@@ -24,6 +36,7 @@ class _Job:
     texts: list[str]
     decode: DecodeConfig
     future: asyncio.Future[list[Translation]]
+    deadline: float  # time.monotonic() by which the request wants its answer
 
 
 class Batcher:
@@ -33,12 +46,17 @@ class Batcher:
         *,
         max_sentences: int,
         wait_seconds: float,
+        max_queued_sentences: int = 10_000,
+        timeout_seconds: float = 60.0,
         on_batch: Callable[[int], None] = lambda size: None,
     ) -> None:
         self._translator = translator
         self._max_sentences = max_sentences
         self._wait_seconds = wait_seconds
+        self._max_queued = max_queued_sentences
+        self._timeout = timeout_seconds
         self._on_batch = on_batch
+        self._queued = 0  # sentences waiting, not yet decoding
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         self._task: asyncio.Task[None] | None = None
@@ -46,11 +64,20 @@ class Batcher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
+    @property
+    def queued_sentences(self) -> int:
+        return self._queued
+
     async def translate(self, texts: list[str], decode: DecodeConfig) -> list[Translation]:
+        """The translations of `texts`; raises Overloaded at once when the queue is full, and
+        SearchTimeout when they cannot be had within the time budget."""
         if not texts:
             return []
+        if self._queued + len(texts) > self._max_queued:
+            raise Overloaded(f"{self._queued} sentences are waiting; at most {self._max_queued} may wait")
         future: asyncio.Future[list[Translation]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(texts, decode, future))
+        self._queue.put_nowait(_Job(texts, decode, future, time.monotonic() + self._timeout))
+        self._queued += len(texts)
         return await future
 
     async def close(self) -> None:
@@ -65,13 +92,13 @@ class Batcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            jobs = [await self._queue.get()]
+            jobs = [await self._take()]
             try:
                 count = len(jobs[0].texts)
                 deadline = loop.time() + self._wait_seconds
                 while count < self._max_sentences and (timeout := deadline - loop.time()) > 0:
                     try:
-                        job = await asyncio.wait_for(self._queue.get(), timeout)
+                        job = await asyncio.wait_for(self._take(), timeout)
                     except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                         break
                     jobs.append(job)
@@ -84,6 +111,11 @@ class Batcher:
                 for _ in jobs:
                     self._queue.task_done()
 
+    async def _take(self) -> _Job:
+        job = await self._queue.get()
+        self._queued -= len(job.texts)
+        return job
+
     async def _decode(self, jobs: list[_Job]) -> None:
         """Decode jobs with equal settings together; hand each job its own slice of the results."""
         groups: dict[tuple[object, ...], list[_Job]] = {}
@@ -92,9 +124,20 @@ class Batcher:
                 groups.setdefault(dataclasses.astuple(job.decode), []).append(job)
         loop = asyncio.get_running_loop()
         for group in groups.values():
+            now = time.monotonic()
+            late = [job for job in group if job.deadline <= now]
+            _fail(late, SearchTimeout("the request's time budget ran out while it waited"))
+            group = [job for job in group if job.deadline > now]
+            if not group:
+                continue
             texts = [text for job in group for text in job.texts]
+            translate = functools.partial(self._translator.translate, deadline=max(job.deadline for job in group))
             try:
-                results = await loop.run_in_executor(self._executor, self._translator.translate, texts, group[0].decode)
+                results = await loop.run_in_executor(self._executor, translate, texts, group[0].decode)
+            except SearchTimeout as error:  # a pathological batch: the worker is free again
+                log.warning("decoding %d sentences ran past the time budget", len(texts))
+                _fail(group, error)
+                continue
             except Exception as error:  # reported to the requests, which answer 500; the worker lives on
                 log.exception("decoding a batch of %d sentences failed", len(texts))
                 _fail(group, error)

@@ -9,9 +9,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from app.auth import Access, redact_access_log, split_list
 from app.batcher import Batcher
 from app.body_limit import BodySizeLimit
 from app.errors import describe_validation_errors
@@ -29,6 +31,7 @@ def create_app(settings: Settings | None = None, models: dict[tuple[str, str], S
     """The app; it loads the models of `settings.models_dir` at start-up unless given them loaded."""
     settings = settings or Settings()
     metrics = Metrics()
+    access = Access.from_settings(settings)  # a bad keys file stops start-up here
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -39,6 +42,8 @@ def create_app(settings: Settings | None = None, models: dict[tuple[str, str], S
                 model.translator,
                 max_sentences=settings.max_batch_sentences,
                 wait_seconds=settings.batch_wait_ms / 1000,
+                max_queued_sentences=settings.max_queued_sentences,
+                timeout_seconds=settings.request_timeout_s,
                 on_batch=metrics.batch_sentences.observe,
             )
             for pair, model in models.items()
@@ -48,6 +53,8 @@ def create_app(settings: Settings | None = None, models: dict[tuple[str, str], S
         device = str(resolve_device(settings.device))
         app.state.service = Service(settings, models, batchers, metrics, device)
         log.info("serving %s on %s", ", ".join(app.state.service.pairs()), device)
+        log.info("access: %s", access.describe())
+        redact_access_log()
         yield
         for batcher in batchers.values():  # requests in flight finish first
             await batcher.close()
@@ -58,6 +65,7 @@ def create_app(settings: Settings | None = None, models: dict[tuple[str, str], S
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.access = access
     for router in (translate.router, languages.router, health.router, web.router):
         app.include_router(router)
     app.add_exception_handler(HTTPException, _http_error)
@@ -79,6 +87,14 @@ def create_app(settings: Settings | None = None, models: dict[tuple[str, str], S
             metrics.requests.labels(name, str(status)).inc()
             metrics.latency.labels(name).observe(time.perf_counter() - start)
 
+    if origins := split_list(settings.cors_origins):  # outermost, so that errors carry the CORS headers too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Authorization", "X-API-Key"],
+            expose_headers=["Retry-After"],
+        )
     return app
 
 

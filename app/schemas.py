@@ -13,11 +13,13 @@ class TranslateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # LibreTranslate clients send fields we do not use
 
     q: str | list[str] = Field(description="text to translate, or a list of texts")
-    source: str = Field(description="source language code, e.g. 'de'")
-    target: str = Field(description="target language code, e.g. 'en'")
+    source: str = Field(max_length=32, description="source language code, e.g. 'de'")
+    target: str = Field(max_length=32, description="target language code, e.g. 'en'")
     format: Literal["text"] = Field("text", description="only plain text is supported")
     alternatives: int = Field(0, ge=0, description="how many alternative translations to return per text")
-    api_key: str | None = Field(None, description="accepted for LibreTranslate compatibility")
+    api_key: str | None = Field(
+        None, description="the API key, when the server requires one (or an X-API-Key or Authorization: Bearer header)"
+    )
     beam_size: int | None = Field(None, ge=1, description="beam width (1 = greedy); default: the model's")
     alignments: bool = Field(False, description="also return source pieces, target pieces and attention")
 

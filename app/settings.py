@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -10,6 +11,14 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # --- access control, for a server exposed beyond localhost (app/auth.py; README "Exposing the server").
+    # Lists are comma-separated, so MT_* variables read "a,b" rather than JSON. The keys have no `mt serve`
+    # flag, as flags show in `ps`; SecretStr keeps them out of reprs and logs.
+    api_keys: SecretStr = SecretStr("")  # keys that may call /translate; any key makes one required
+    api_keys_file: str = ""  # a file of keys, one per line, '#' comments; added to api_keys
+    rate_limit_per_minute: int = Field(default=0, ge=0)  # /translate requests per key (else per client address); 0: off
+    cors_origins: str = ""  # origins whose web pages may call the API, or "*"; empty: no CORS headers
+    # --- end of access control
     models_dir: str = "models"  # every model directory under it is served
     device: str = "auto"  # CUDA when present, else CPU
     max_chars: int = 5000  # per text
@@ -19,5 +28,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_000_000
     batch_wait_ms: float = 5.0  # how long a batch waits for more sentences from concurrent requests
     max_batch_sentences: int = 64  # sentences decoded together
+    # load and pathological input: refuse early rather than queue or decode without bound
+    max_pieces: int = 400  # per text, after SentencePiece; longer texts are refused (training kept <= 100 words)
+    max_queued_sentences: int = 2000  # per model; beyond it requests are answered 503 with Retry-After
+    request_timeout_s: float = 30.0  # time budget per request, waiting and decoding; past it, 503
     default_beam_size: int = 0  # 0: each model's own default
     log_level: str = "info"

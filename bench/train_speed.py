@@ -10,28 +10,17 @@ training step as `mt train` (same batches, loss and optimizer), without validati
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from machine import describe
 
 from mt.config import Config
 from mt.data import clean, load_split
 from mt.model import Seq2Seq
 from mt.train import collate, keep_freed_memory, make_batches, train_step, train_tokenizers
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -70,10 +59,7 @@ def main() -> None:
         tokens += batch.tgt_tokens
     if tokens and len(batches) >= 10 + args.steps:
         rates.append(tokens / (time.perf_counter() - start))  # the last window
-    print(
-        f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, {platform.machine()}, "
-        f"torch {torch.__version__}"
-    )
+    print(describe())
     print(
         f"model: {model.num_parameters():,} parameters ({config.model.cell}, emb {config.model.emb_size}, "
         f"encoder {config.model.enc_hidden}x2, decoder {config.model.dec_hidden}), batches of "

@@ -6,15 +6,19 @@ import dataclasses
 import json
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import ValidationError
 
+from app.auth import require_access
+from app.batcher import Overloaded
 from app.errors import describe_validation_errors
 from app.schemas import Alignment, ErrorResponse, TranslateRequest, TranslateResponse
 from app.service import ServiceDep
-from mt.translator import Translation
+from mt.search import SearchTimeout
+from mt.translator import Translation, Translator
 
 router = APIRouter()
+_RETRY = {"Retry-After": "1"}  # seconds; a client that backs off finds the queue drained
 
 _BODY = {"schema": TranslateRequest.model_json_schema()}  # the body is parsed by hand: JSON or form data
 
@@ -23,7 +27,8 @@ _BODY = {"schema": TranslateRequest.model_json_schema()}  # the body is parsed b
     "/translate",
     response_model=TranslateResponse,
     response_model_exclude_none=True,
-    responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 500: {"model": ErrorResponse}},
+    dependencies=[Depends(require_access)],  # the API key and the rate limit, when configured
+    responses={code: {"model": ErrorResponse} for code in (400, 403, 413, 429, 500, 503)},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -49,12 +54,23 @@ async def translate(request: Request, service: ServiceDep) -> TranslateResponse:
             400, f"language pair {body.source}->{body.target} is not available; available: {', '.join(service.pairs())}"
         )
     translator = service.models[pair].translator
+    _check_pieces(texts, body, translator, settings.max_pieces)
     n_best = body.alternatives + 1
     beam_size = max(body.beam_size or settings.default_beam_size or translator.decode.beam_size, n_best)
     decode = dataclasses.replace(translator.decode, beam_size=beam_size, n_best=n_best)
 
     filled = [i for i, text in enumerate(texts) if text.strip()]
-    translated = await service.batchers[pair].translate([texts[i] for i in filled], decode)
+    try:
+        translated = await service.batchers[pair].translate([texts[i] for i in filled], decode)
+    except Overloaded as error:
+        raise HTTPException(503, f"the server is busy ({error}); retry later", headers=_RETRY) from None
+    except SearchTimeout:
+        raise HTTPException(
+            503,
+            f"translation did not finish within the time budget of {settings.request_timeout_s:g} s; "
+            "the server is busy, or the texts are too long: retry later, or send fewer or shorter texts",
+            headers=_RETRY,
+        ) from None
     results: list[Translation | None] = [None] * len(texts)
     for index, translation in zip(filled, translated, strict=True):
         results[index] = translation
@@ -77,6 +93,11 @@ async def _parse(request: Request) -> TranslateRequest:
             raise HTTPException(400, "request body is empty: send JSON or form data with q, source and target")
         try:
             raw = json.loads(data)
+            json.dumps(raw, ensure_ascii=False).encode()  # lone surrogates ("\ud800") parse, yet are not text
+        except UnicodeEncodeError:
+            raise HTTPException(
+                400, "request body holds a lone UTF-16 surrogate (\\ud800 to \\udfff), which is not text"
+            ) from None
         except (ValueError, RecursionError) as error:  # also huge numbers and deep nesting
             raise HTTPException(400, f"request body is not valid JSON: {str(error)[:200]}") from None
     if not isinstance(raw, dict):
@@ -102,6 +123,16 @@ def _check_limits(
         raise HTTPException(400, f"beam_size {body.beam_size} is over the limit of {max_beam}")
     if body.alternatives > max_alternatives:
         raise HTTPException(400, f"alternatives {body.alternatives} is over the limit of {max_alternatives}")
+
+
+def _check_pieces(texts: list[str], body: TranslateRequest, translator: Translator, max_pieces: int) -> None:
+    for index, pieces in enumerate(translator.src_tokenizer.encode([text.strip() for text in texts])):
+        if len(pieces) > max_pieces:
+            where = "q" if isinstance(body.q, str) else f"q[{index}]"
+            raise HTTPException(
+                400,
+                f"{where} is {len(pieces)} subword pieces long; at most {max_pieces} per text: split it into sentences",
+            )
 
 
 def _response(

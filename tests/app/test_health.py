@@ -8,6 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.registry import ModelsError
+from mt.config import DecodeConfig
+from mt.translator import Translation, Translator
 
 from .conftest import client_for
 
@@ -58,13 +60,13 @@ def test_start_up_stops_on_a_bad_models_folder(setup: str, message: str, tmp_pat
 
 def test_health_answers_while_a_translation_is_decoding(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with client_for(models_dir) as client:
-        translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
+        translator: Translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
         real, decoding, release = translator.translate, threading.Event(), threading.Event()
 
-        def slow(texts: list[str], decode: object) -> object:
+        def slow(texts: list[str], decode: DecodeConfig, *, deadline: float | None = None) -> list[Translation]:
             decoding.set()
             release.wait(timeout=30)
-            return real(texts, decode)  # type: ignore[arg-type]
+            return real(texts, decode, deadline=deadline)
 
         monkeypatch.setattr(translator, "translate", slow)
         with ThreadPoolExecutor(max_workers=1) as pool:

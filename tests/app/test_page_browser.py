@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,9 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
+PAGE_KEY = "page-key-5d1e9b"
+
+
 @pytest.fixture(scope="module")
 def page_server(models_dir: Path) -> Iterator[Server]:
     running = start_server(models_dir)
@@ -23,31 +27,70 @@ def page_server(models_dir: Path) -> Iterator[Server]:
     running.process.wait(timeout=30)
 
 
-def test_typing_and_clicking_shows_the_translation_and_draws_the_heatmap(page_server: Server, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def keyed_page_server(models_dir: Path) -> Iterator[Server]:
+    running = start_server(models_dir, MT_API_KEYS=PAGE_KEY)
+    yield running
+    running.process.terminate()
+    running.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     if not Path(CHROMIUM).exists():
         pytest.skip("Chromium is not installed (Debian packages chromium, chromium-driver)")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page()
-        page.goto(page_server.url + "/")
-        page.wait_for_function("document.querySelectorAll('#source option').length > 0")
-        page.select_option("#source", "src")
-        page.select_option("#target", "tgt")
-        page.fill("#text", "alpha bravo golf")
-        page.click("#translate")
-        page.wait_for_function("document.querySelector('#heatmap').dataset.drawn !== undefined", timeout=30_000)
-        assert page.inner_text("#output") == "GOLF BRAVO ALPHA"
-        assert page.inner_text("#error") == ""
-        coloured = page.evaluate(
-            """() => {
-                const c = document.querySelector('#heatmap');
-                const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                let n = 0;
-                for (let i = 0; i < data.length; i += 4) if (data[i + 2] > data[i] + 60) n++;  // blue cells
-                return n;
-            }"""
-        )
-        assert coloured > 100
-        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
-        browser.close()
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield launched
+        launched.close()
+
+
+def test_typing_and_clicking_shows_the_translation_and_draws_the_heatmap(
+    browser: Any, page_server: Server, tmp_path: Path
+) -> None:
+    page = browser.new_page()
+    page.goto(page_server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#source option').length > 0")
+    page.select_option("#source", "src")
+    page.select_option("#target", "tgt")
+    page.fill("#text", "alpha bravo golf")
+    page.click("#translate")
+    page.wait_for_function("document.querySelector('#heatmap').dataset.drawn !== undefined", timeout=30_000)
+    assert page.inner_text("#output") == "GOLF BRAVO ALPHA"
+    assert page.inner_text("#error") == ""
+    coloured = page.evaluate(
+        """() => {
+            const c = document.querySelector('#heatmap');
+            const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0;
+            for (let i = 0; i < data.length; i += 4) if (data[i + 2] > data[i] + 60) n++;  // blue cells
+            return n;
+        }"""
+    )
+    assert coloured > 100
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+
+def test_the_page_asks_for_a_key_when_the_server_requires_one_and_remembers_it(
+    browser: Any, keyed_page_server: Server
+) -> None:
+    page = browser.new_page()
+    page.goto(keyed_page_server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#source option').length > 0")  # /languages is open
+    assert not page.is_visible("#api-key")
+    page.select_option("#source", "src")
+    page.select_option("#target", "tgt")
+    page.fill("#text", "alpha bravo golf")
+    page.click("#translate")
+    page.wait_for_function("document.querySelector('#error').textContent !== ''", timeout=30_000)
+    assert "an API key is required" in page.inner_text("#error")
+    assert page.is_visible("#api-key")
+    page.fill("#api-key", PAGE_KEY)
+    page.click("#translate")
+    page.wait_for_function("document.querySelector('#heatmap').dataset.drawn !== undefined", timeout=30_000)
+    assert page.inner_text("#output") == "GOLF BRAVO ALPHA"
+    assert page.inner_text("#error") == ""
+    page.reload()
+    assert page.input_value("#api-key") == PAGE_KEY
+    assert page.is_visible("#api-key")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -12,7 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -34,12 +35,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(models_dir: Path, **env: str) -> Server:
+def start_server(models_dir: Path, stdout: int = subprocess.DEVNULL, **env: str) -> Server:
+    """`stdout=subprocess.PIPE` keeps the access log (uvicorn writes it to stdout) for the test to read."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "mt", "serve", "--models", str(models_dir), "--port", str(port), "--device", "cpu"],
         env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
@@ -93,6 +95,36 @@ def test_concurrent_requests_each_get_their_own_answer_and_share_batches(server:
     )
     assert sentences_in_batches == 24
     assert batches < 24  # several requests were decoded together
+
+
+def test_concurrent_mixed_requests_each_get_exactly_their_own_translations(server: Server, models_dir: Path) -> None:
+    """Different pairs, beam sizes, alternatives and list lengths at once: each answer is what its
+    texts translate to alone."""
+    rng = random.Random(5)
+    translators = {pair: Translator.from_dir(models_dir / pair, device="cpu") for pair in ("src-tgt", "tgt-src")}
+    requests = []
+    for index in range(48):
+        pair = rng.choice(sorted(translators))
+        rows = reverse_task(rng.randint(1, 4), seed=100 + index)
+        texts = [row["src"] if pair == "src-tgt" else row["tgt"] for row in rows]
+        requests.append((pair, texts, rng.choice([1, 2, 5]), rng.choice([0, 1])))
+
+    def send(pair: str, texts: list[str], beam_size: int, alternatives: int) -> tuple[int, dict[str, object]]:
+        source, target = pair.split("-")
+        body = {"q": texts, "source": source, "target": target, "beam_size": beam_size, "alternatives": alternatives}
+        return post(server.url, body)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda request: send(*request), requests))
+
+    for (pair, texts, beam_size, alternatives), (status, answer) in zip(requests, answers, strict=True):
+        assert status == 200
+        translator = translators[pair]
+        decode = replace(translator.decode, beam_size=max(beam_size, alternatives + 1), n_best=alternatives + 1)
+        alone = [translator.translate([text], decode)[0] for text in texts]
+        assert answer["translatedText"] == [t.text for t in alone]
+        if alternatives:
+            assert answer["alternatives"] == [[c.text for c in t.candidates[1:]] for t in alone]
 
 
 def test_libretranslate_client_gets_a_translation(server: Server) -> None:

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from mt.translator import Translator
 
-from .conftest import Path, client_for
+from .conftest import client_for
 
 
 def test_json_string_in_string_out(client: TestClient) -> None:
@@ -198,3 +199,13 @@ def test_a_batch_with_missing_results_fails_instead_of_shifting_answers(
         response = client.post("/translate", json={"q": ["alpha", "bravo"], "source": "src", "target": "tgt"})
         assert response.status_code == 500
         assert 'status="500"' in client.get("/metrics").text
+
+
+def test_a_text_over_the_piece_limit_is_400_naming_it(models_dir: Path) -> None:
+    with client_for(models_dir, max_pieces=5) as client:
+        response = client.post(
+            "/translate", json={"q": ["alpha", "alpha bravo golf kilo lima echo"], "source": "src", "target": "tgt"}
+        )
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("q[1] is ")
+    assert "at most 5 per text" in response.json()["error"]

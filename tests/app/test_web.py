@@ -7,5 +7,5 @@ def test_page_has_the_form_and_the_heatmap(client: TestClient) -> None:
     response = client.get("/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
-    for element in ('id="text"', 'id="source"', 'id="target"', 'id="translate"', 'id="heatmap"'):
+    for element in ('id="text"', 'id="source"', 'id="target"', 'id="translate"', 'id="heatmap"', 'id="api-key"'):
         assert element in response.text

@@ -1,0 +1,175 @@
+"""Load on the HTTP service: N concurrent clients, each sending one sentence per request, for a fixed
+time or number of requests; localhost only, and it stops by itself.
+
+    python bench/load.py --clients 1 8 32 --seconds 60          # starts `mt serve --models models`
+    python bench/load.py --clients 32 --requests 10000          # memory over 10,000 requests
+    python bench/load.py --clients 200 --seconds 30 --env MT_MAX_QUEUED_SENTENCES=64   # over capacity
+
+It starts the server itself (so it can read its memory) unless given --url. For each client count it
+prints requests/s, p50/p95/p99 latency, the batch sizes the server formed (from /metrics), answers
+shed with 503/429 (each must carry Retry-After), and errors: anything else that is not a 200, or a
+connection failure. The server's resident memory is printed at start, after warm-up and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from machine import describe, rss_mib
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)  # seconds, of 200 answers
+    shed: int = 0  # 503/429 with Retry-After: the server refused load it could not take
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(models: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    command = [sys.executable, "-m", "mt", "serve", "--models", models, "--port", str(port)]
+    process = subprocess.Popen(command, env={**os.environ, **env})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with status {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1):
+                return process, url
+        except OSError:
+            time.sleep(0.3)
+    process.kill()
+    raise SystemExit("the server did not answer /health within 120 s")
+
+
+def batch_stats(url: str) -> tuple[float, float]:
+    """Batches decoded so far and the sentences in them, from the server's Prometheus metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+
+    def total(name: str) -> float:
+        return sum(float(line.split()[-1]) for line in lines if line.startswith(name))
+
+    return total("mt_batch_sentences_count"), total("mt_batch_sentences_sum")
+
+
+async def client(
+    http: httpx.AsyncClient, url: str, body: dict[str, str], sentences: list[str], stop: StopAt, tally: Tally
+) -> None:
+    index = 0
+    while stop.more():
+        index += 1
+        start = time.perf_counter()
+        try:
+            response = await http.post(f"{url}/translate", json={**body, "q": sentences[index % len(sentences)]})
+        except httpx.HTTPError as error:
+            tally.errors[type(error).__name__] += 1
+            continue
+        if response.status_code == 200 and "translatedText" in response.json():
+            tally.latencies.append(time.perf_counter() - start)
+        elif response.status_code in (429, 503) and "Retry-After" in response.headers:
+            tally.shed += 1
+            await asyncio.sleep(float(response.headers["Retry-After"]))
+        else:
+            tally.errors[f"HTTP {response.status_code}"] += 1
+
+
+class StopAt:
+    """Stops the clients after a time or a number of requests, whichever is given."""
+
+    def __init__(self, seconds: float, requests: int) -> None:
+        self.end = time.monotonic() + seconds if seconds else float("inf")
+        self.left = requests or -1
+
+    def more(self) -> bool:
+        if self.left == 0 or time.monotonic() >= self.end:
+            return False
+        self.left -= 1
+        return True
+
+
+async def run(url: str, clients: int, body: dict[str, str], sentences: list[str], stop: StopAt) -> Tally:
+    tally = Tally()
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        await asyncio.gather(*(client(http, url, body, sentences, stop, tally) for _ in range(clients)))
+    return tally
+
+
+def percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=0, help="per client count (default: 60 unless --requests)")
+    parser.add_argument("--requests", type=int, default=0, help="per client count, instead of --seconds")
+    parser.add_argument("--url", help="a running server (then its memory is not read)")
+    parser.add_argument("--models", default="models")
+    parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="server environment, e.g. MT_*")
+    parser.add_argument("--source", default="de")
+    parser.add_argument("--target", default="en")
+    parser.add_argument("--data", default="../shared/data/multi30k/test.jsonl", help="sentences to send")
+    args = parser.parse_args()
+    seconds = args.seconds or (0 if args.requests else 60)
+
+    rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
+    sentences = [row[args.source] for row in rows]
+    body = {"source": args.source, "target": args.target}
+    process, url = (None, args.url) if args.url else start_server(args.models, dict(e.split("=", 1) for e in args.env))
+    try:
+        print(describe())
+        print(f"server: {url}{' ' + ' '.join(args.env) if args.env else ''}; one sentence per request")
+        if process:
+            print(f"server memory at start: {rss_mib(process.pid):.0f} MiB")
+        asyncio.run(run(url, 4, body, sentences, StopAt(0, 200)))  # warm-up
+        if process:
+            warm = rss_mib(process.pid)
+            print(f"server memory after 200 warm-up requests: {warm:.0f} MiB")
+        header = "clients  requests  req/s   p50 ms  p95 ms  p99 ms  mean batch  shed  errors"
+        print(header)
+        for clients in args.clients:
+            batches, in_batches = batch_stats(url)
+            start = time.perf_counter()
+            tally = asyncio.run(run(url, clients, body, sentences, StopAt(seconds, args.requests)))
+            elapsed = time.perf_counter() - start
+            batches, in_batches = (a - b for a, b in zip(batch_stats(url), (batches, in_batches), strict=True))
+            ok = tally.latencies or [float("nan")]
+            print(
+                f"{clients:7d}  {len(tally.latencies):8d}  {len(tally.latencies) / elapsed:5.1f}  "
+                f"{percentile(ok, 50) * 1000:7.0f} {percentile(ok, 95) * 1000:7.0f} {percentile(ok, 99) * 1000:7.0f}  "
+                f"{in_batches / batches if batches else 0:10.1f}  {tally.shed:4d}  "
+                f"{sum(tally.errors.values()):6d}{' ' + str(dict(tally.errors)) if tally.errors else ''}"
+            )
+        if process:
+            end = rss_mib(process.pid)
+            print(f"server memory at the end: {end:.0f} MiB ({end - warm:+.0f} MiB since warm-up)")
+    finally:
+        if process:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Bounded load: a full queue and a spent time budget are answered 503 with Retry-After, at once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.batcher import Batcher, Overloaded
+from mt.config import DecodeConfig
+from mt.search import SearchTimeout
+from mt.translator import Translation, Translator
+
+from .conftest import client_for
+
+REQUEST = {"q": ["alpha bravo golf", "kilo lima echo"], "source": "src", "target": "tgt"}
+
+
+def test_a_request_over_the_queue_limit_is_503_with_retry_after(models_dir: Path) -> None:
+    with client_for(models_dir, max_queued_sentences=1) as client:
+        response = client.post("/translate", json=REQUEST)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert "busy" in response.json()["error"]
+        assert client.post("/translate", json={**REQUEST, "q": "alpha bravo golf"}).status_code == 200
+
+
+def test_a_request_past_its_time_budget_is_503_and_the_worker_lives_on(models_dir: Path) -> None:
+    with client_for(models_dir, request_timeout_s=0.0) as client:
+        response = client.post("/translate", json=REQUEST)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert "time budget of 0 s" in response.json()["error"]
+        assert client.get("/health").status_code == 200
+
+
+class SlowTranslator:
+    """Blocks in translate() until released, like a long decode; then honours the deadline."""
+
+    def __init__(self, translator: Translator) -> None:
+        self.translator, self.release, self.calls = translator, threading.Event(), 0
+
+    def translate(self, texts: list[str], decode: DecodeConfig, *, deadline: float) -> list[Translation]:
+        self.calls += 1
+        self.release.wait(timeout=10)
+        return self.translator.translate(texts, decode, deadline=deadline)
+
+
+def test_queue_refuses_beyond_its_bound_and_drains(models_dir: Path) -> None:
+    slow = SlowTranslator(Translator.from_dir(models_dir / "src-tgt", device="cpu"))
+
+    async def scenario() -> tuple[list[list[Translation] | BaseException], int]:
+        batcher = Batcher(slow, max_sentences=1, wait_seconds=0.0, max_queued_sentences=2)  # type: ignore[arg-type]
+        batcher.start()
+        first = asyncio.create_task(batcher.translate(["alpha bravo"], DecodeConfig()))
+        await asyncio.sleep(0.05)  # the first request is being decoded: it left the queue
+        waiting = [asyncio.create_task(batcher.translate([t], DecodeConfig())) for t in ("kilo lima", "echo golf")]
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded):
+            await batcher.translate(["india juliet"], DecodeConfig())
+        slow.release.set()
+        results = await asyncio.gather(first, *waiting, return_exceptions=True)
+        queued = batcher.queued_sentences
+        await batcher.close()
+        return results, queued
+
+    results, queued = asyncio.run(scenario())
+    expected = [t.text for t in slow.translator.translate(["alpha bravo", "kilo lima", "echo golf"])]
+    assert [r[0].text for r in results] == expected  # type: ignore[index]
+    assert queued == 0
+
+
+def test_requests_whose_budget_ran_out_while_waiting_are_not_decoded(models_dir: Path) -> None:
+    slow = SlowTranslator(Translator.from_dir(models_dir / "src-tgt", device="cpu"))
+
+    async def scenario() -> list[list[Translation] | BaseException]:
+        batcher = Batcher(slow, max_sentences=1, wait_seconds=0.0, timeout_seconds=0.3)  # type: ignore[arg-type]
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.translate([t], DecodeConfig())) for t in ("alpha bravo", "kilo lima")]
+        await asyncio.sleep(0.5)  # both budgets run out while the first decode blocks
+        slow.release.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.close()
+        return results
+
+    started = time.monotonic()
+    first, second = asyncio.run(scenario())
+    assert isinstance(first, SearchTimeout)  # stopped at its first step past the deadline
+    assert isinstance(second, SearchTimeout)  # never decoded
+    assert slow.calls == 1
+    assert time.monotonic() - started < 5
