@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None, models: dict[tuple[str, str], S
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal models
-        models = models if models is not None else load_models(settings.models_dir, settings.device)
+        models = models if models is not None else load_models(settings.models_dir, settings.device, int8=settings.int8)
         batchers = {
             pair: Batcher(
                 model.translator,

@@ -26,8 +26,9 @@ class ServedModel:
     translator: Translator
 
 
-def load_models(models_dir: str | Path, device: str) -> dict[tuple[str, str], ServedModel]:
-    """Load every model directory under `models_dir` (those holding a config.json) once."""
+def load_models(models_dir: str | Path, device: str, *, int8: bool = False) -> dict[tuple[str, str], ServedModel]:
+    """Load every model directory under `models_dir` (those holding a config.json) once; `int8`
+    quantizes them for faster CPU inference."""
     folder = Path(models_dir)
     if not folder.is_dir():
         raise ModelsError(f"models folder {folder} does not exist")
@@ -38,7 +39,7 @@ def load_models(models_dir: str | Path, device: str) -> dict[tuple[str, str], Se
     models: dict[tuple[str, str], ServedModel] = {}
     for path in candidates:
         try:
-            translator = Translator.from_dir(path, device=resolved)
+            translator = Translator.from_dir(path, device=resolved, int8=int8)
             translator.decode.validate()
         except (ModelDirError, ValueError, OSError) as error:
             raise ModelsError(f"cannot serve {path}: {error}") from error
@@ -46,7 +47,7 @@ def load_models(models_dir: str | Path, device: str) -> dict[tuple[str, str], Se
         if pair in models:
             raise ModelsError(f"{path} and {models[pair].path} both translate {pair[0]}->{pair[1]}")
         models[pair] = ServedModel(pair[0], pair[1], path, translator)
-        log.info("loaded %s (%s->%s) on %s", path, pair[0], pair[1], resolved)
+        log.info("loaded %s (%s->%s) on %s%s", path, pair[0], pair[1], resolved, " in int8" if int8 else "")
     return models
 
 

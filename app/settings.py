@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     # --- end of access control
     models_dir: str = "models"  # every model directory under it is served
     device: str = "auto"  # CUDA when present, else CPU
+    int8: bool = False  # quantize the models to int8: faster on the CPU, at a measured BLEU cost
     max_chars: int = 5000  # per text
     max_texts: int = 100  # per request
     max_beam_size: int = 10

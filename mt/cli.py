@@ -49,6 +49,7 @@ def _apply(config: Config, overrides: dict[str, str]) -> Config:
 def _add_decode_flags(parser: argparse.ArgumentParser) -> None:
     _add_config_flags(parser, ["decode"])
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--int8", action="store_true", help="quantize to int8 for faster CPU inference")
 
 
 def _decode_config(args: argparse.Namespace, translator_decode: DecodeConfig) -> DecodeConfig:
@@ -87,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_translate(args: argparse.Namespace) -> int:
     from mt.translator import Translator
 
-    translator = Translator.from_dir(args.model, device=args.device)
+    translator = Translator.from_dir(args.model, device=args.device, int8=args.int8)
     decode = _decode_config(args, translator.decode)
     source = Path(args.input).read_bytes() if args.input else sys.stdin.buffer.read()
     lines = read_lines(source)
@@ -107,7 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mt.evaluate import evaluate, read_test_set
     from mt.translator import Translator
 
-    translator = Translator.from_dir(args.model, device=args.device)
+    translator = Translator.from_dir(args.model, device=args.device, int8=args.int8)
     decode = _decode_config(args, translator.decode)
     src_lang = args.src_lang or translator.source_lang
     tgt_lang = args.tgt_lang or translator.target_lang
@@ -148,6 +149,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "port": args.port,
         "models_dir": args.models,
         "device": args.device,
+        "int8": args.int8 or None,
         "api_keys_file": args.api_keys_file,
         "rate_limit_per_minute": args.rate_limit_per_minute,
         "cors_origins": args.cors_origins,
@@ -155,7 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings(**{key: value for key, value in flags.items() if value is not None})
     logging.getLogger("app").setLevel(logging.INFO)
     try:  # before the server starts, so that a bad models folder is one clear line, not a traceback
-        models = load_models(settings.models_dir, settings.device)
+        models = load_models(settings.models_dir, settings.device, int8=settings.int8)
     except ModelsError as error:
         print(f"mt serve: error: {error}", file=sys.stderr)
         return 2
@@ -213,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default: 8000; env MT_PORT)")
     serve.add_argument("--models", help="folder of model directories (default: models; env MT_MODELS_DIR)")
     serve.add_argument("--device", help="cpu, cuda or auto (default: auto; env MT_DEVICE)")
+    serve.add_argument("--int8", action="store_true", help="quantize the models to int8 (CPU only; env MT_INT8)")
     serve.add_argument(  # no flag for the keys themselves: flags show in `ps`
         "--api-keys-file",
         help="file of API keys, one per line, that /translate then requires (env MT_API_KEYS_FILE; "

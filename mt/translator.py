@@ -8,10 +8,12 @@ tokenizer -> text. Sentences are decoded in batches of similar length and return
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from mt.checkpoint import load_model_dir
 from mt.config import DecodeConfig
@@ -48,6 +50,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def quantize_int8(model: Seq2Seq) -> Seq2Seq:
+    """Dynamic int8 quantization of the linear layers and RNNs for CPU inference: weights are stored
+    in int8, activations quantized on the fly per batch. Embeddings and attention scores stay fp32."""
+    with warnings.catch_warnings():  # torch.ao's eager-mode API is deprecated in favour of torchao, which
+        warnings.simplefilter("ignore")  # has no int8 GRU/LSTM cells; it still works in the torch we pin
+        quantized = torch.ao.quantization.quantize_dynamic(
+            model.float().eval(), {nn.Linear, nn.GRU, nn.LSTM, nn.GRUCell, nn.LSTMCell}, dtype=torch.qint8
+        )
+    assert isinstance(quantized, Seq2Seq)
+    return quantized
+
+
 class Translator:
     def __init__(
         self,
@@ -67,10 +81,14 @@ class Translator:
         self.device = next(model.parameters()).device
 
     @classmethod
-    def from_dir(cls, path: str | Path, *, device: str = "auto") -> Translator:
-        loaded = load_model_dir(path, device=resolve_device(device))
+    def from_dir(cls, path: str | Path, *, device: str = "auto", int8: bool = False) -> Translator:
+        """The model directory at `path`, on `device`; `int8` quantizes it for faster CPU inference."""
+        resolved = resolve_device(device)
+        if int8 and resolved.type != "cpu":
+            raise ValueError(f"int8 inference runs on the CPU, not on {resolved}: leave out int8 or use device cpu")
+        loaded = load_model_dir(path, device=resolved)
         return cls(
-            model=loaded.model,
+            model=quantize_int8(loaded.model) if int8 else loaded.model,
             src_tokenizer=loaded.src_tokenizer,
             tgt_tokenizer=loaded.tgt_tokenizer,
             decode=loaded.config.decode,
@@ -97,9 +115,7 @@ class Translator:
                 results[index] = self._translation(sources[index], hypotheses)
         return [r for r in results if r is not None]
 
-    def _search(
-        self, sources: list[list[int]], decode: DecodeConfig, deadline: float | None
-    ) -> list[list[Hypothesis]]:
+    def _search(self, sources: list[list[int]], decode: DecodeConfig, deadline: float | None) -> list[list[Hypothesis]]:
         was_training = self.model.training
         self.model.eval()
         try:

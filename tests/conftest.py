@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from mt.checkpoint import export_model_dir
 from mt.config import Config
+from mt.train import Trainer
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
 
@@ -51,3 +53,15 @@ def tiny_config(data: Path, **train: object) -> Config:
     for key, value in train.items():
         setattr(config.train, key, value)
     return config
+
+
+@pytest.fixture(scope="session")
+def models_dir(reverse_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with two tiny trained models: src->tgt and tgt->src."""
+    root = tmp_path_factory.mktemp("served")
+    for src, tgt in (("src", "tgt"), ("tgt", "src")):
+        config = tiny_config(reverse_corpus, max_epochs=3)
+        config.data.src, config.data.tgt = src, tgt
+        Trainer(config, root / f"run-{src}", max_steps=200).fit()
+        export_model_dir([root / f"run-{src}" / "best"], root / "models" / f"{src}-{tgt}")
+    return root / "models"

@@ -1,4 +1,4 @@
-"""A models folder with two tiny trained models (src->tgt, tgt->src) and a client of the app on it."""
+"""A client of the app on the models folder of two tiny trained models (`models_dir`, in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,21 +10,6 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from mt.checkpoint import export_model_dir
-from mt.train import Trainer
-
-from ..conftest import tiny_config
-
-
-@pytest.fixture(scope="session")
-def models_dir(reverse_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("served")
-    for src, tgt in (("src", "tgt"), ("tgt", "src")):
-        config = tiny_config(reverse_corpus, max_epochs=3)
-        config.data.src, config.data.tgt = src, tgt
-        Trainer(config, root / f"run-{src}", max_steps=200).fit()
-        export_model_dir([root / f"run-{src}" / "best"], root / "models" / f"{src}-{tgt}")
-    return root / "models"
 
 
 def client_for(models_dir: Path, *, raise_server_exceptions: bool = True, **settings: object) -> TestClient:

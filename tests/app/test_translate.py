@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from torch import nn
 
 from mt.translator import Translator
 
@@ -209,3 +210,12 @@ def test_a_text_over_the_piece_limit_is_400_naming_it(models_dir: Path) -> None:
     assert response.status_code == 400
     assert response.json()["error"].startswith("q[1] is ")
     assert "at most 5 per text" in response.json()["error"]
+
+
+def test_an_int8_server_translates(models_dir: Path) -> None:
+    with client_for(models_dir, int8=True) as client:
+        response = client.post("/translate", json={"q": "alpha bravo golf", "source": "src", "target": "tgt"})
+        assert response.status_code == 200
+        assert response.json()["translatedText"]
+        translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
+        assert not any(type(m) is nn.Linear for m in translator.model.modules())

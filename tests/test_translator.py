@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import sacrebleu
+from torch import nn
+
+from mt.config import DecodeConfig
+from mt.translator import Translator
+
+from .conftest import reverse_task
+
+
+def test_int8_translator_quantizes_every_linear_layer_and_rnn_and_keeps_its_quality(models_dir: Path) -> None:
+    fp32 = Translator.from_dir(models_dir / "src-tgt", device="cpu")
+    int8 = Translator.from_dir(models_dir / "src-tgt", device="cpu", int8=True)
+    float_layers = [m for m in int8.model.modules() if type(m) in (nn.Linear, nn.GRU, nn.GRUCell, nn.LSTM, nn.LSTMCell)]
+    assert float_layers == []
+    assert type(int8.model.decoder.readout).__module__.startswith("torch.ao.nn.quantized.dynamic")
+
+    rows = reverse_task(100, seed=21)
+    sources, references = [row["src"] for row in rows], [row["tgt"] for row in rows]
+    decode = DecodeConfig(beam_size=5)
+    bleu = {
+        name: sacrebleu.corpus_bleu([t.text for t in translator.translate(sources, decode)], [references]).score
+        for name, translator in (("fp32", fp32), ("int8", int8))
+    }
+    assert bleu["fp32"] > 60  # the tiny model has learned the task: the comparison means something
+    assert bleu["int8"] > bleu["fp32"] - 5
