@@ -16,6 +16,7 @@ import time
 
 import torch
 from machine import describe
+from torch.utils.flop_counter import FlopCounterMode
 
 from mt.config import Config
 from mt.data import clean, load_split
@@ -59,6 +60,9 @@ def main() -> None:
         tokens += batch.tgt_tokens
     if tokens and len(batches) >= 10 + args.steps:
         rates.append(tokens / (time.perf_counter() - start))  # the last window
+    flops_per_token = training_flops_per_token(model, optimizer, batches[10:20], src, tgt, config)
+    peak = matmul_peak()
+    achieved = statistics.median(rates) * flops_per_token
     print(describe())
     print(
         f"model: {model.num_parameters():,} parameters ({config.model.cell}, emb {config.model.emb_size}, "
@@ -69,6 +73,42 @@ def main() -> None:
         f"training: {statistics.median(rates):.0f} target tokens/s (median of {len(rates)} windows of "
         f"{args.window} steps; min {min(rates):.0f}, max {max(rates):.0f})"
     )
+    print(
+        f"compute: {flops_per_token / 1e6:.1f} MFLOP per target token (forward + backward matrix products), so "
+        f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} of this machine's fp32 matmul peak "
+        f"({peak / 1e9:.1f} GFLOP/s, median torch.mm of 4096x4096 matrices)"
+    )
+
+
+def training_flops_per_token(
+    model: Seq2Seq,
+    optimizer: torch.optim.Optimizer,
+    batches: list[list[int]],
+    src: list[list[int]],
+    tgt: list[list[int]],
+    config: Config,
+) -> float:
+    """Floating-point operations of the matrix products of training steps, per target token."""
+    flops, tokens = 0, 0
+    for indices in batches:
+        batch = collate(indices, src, tgt, torch.device("cpu"))
+        with FlopCounterMode(display=False) as counter:
+            train_step(model, optimizer, batch, config.train)
+        flops += counter.get_total_flops()
+        tokens += batch.tgt_tokens
+    return flops / tokens
+
+
+def matmul_peak(size: int = 4096, repeats: int = 5) -> float:
+    """FLOP/s of a large fp32 matrix product: what the cores can do at best."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
 
 
 if __name__ == "__main__":

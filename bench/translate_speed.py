@@ -1,0 +1,85 @@
+"""Translation speed of a shipped model: batch translation of a test set, and the latency of one sentence.
+
+    python bench/translate_speed.py                          # models/de-en on Multi30k test
+    python bench/translate_speed.py --model models/en-de --source en --target de
+    python bench/translate_speed.py --repeats 1 --limit 200  # a quick look
+
+Batch: the whole test set (1000 sentences) through `Translator.translate`, greedy and beam 5, fp32 and
+int8; sentences/s is the median of --repeats runs, with sacreBLEU beside each. Latency: one typical
+sentence (the test sentence closest to 12 words), translated alone --latency-runs times; p50 and p95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import sacrebleu
+import torch
+from machine import describe
+
+from mt.config import DecodeConfig
+from mt.translator import Translator
+
+
+def percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models/de-en")
+    parser.add_argument("--data", default="../shared/data/multi30k/test.jsonl")
+    parser.add_argument("--source", default="de")
+    parser.add_argument("--target", default="en")
+    parser.add_argument("--repeats", type=int, default=3, help="batch runs per setting (median)")
+    parser.add_argument("--latency-runs", type=int, default=100)
+    parser.add_argument("--limit", type=int, default=0, help="only the first N sentences (0 = all)")
+    parser.add_argument("--batch-size", type=int, default=0, help="sentences decoded together (0 = model default)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = rows[: args.limit] if args.limit else rows
+    sources, references = [row[args.source] for row in rows], [row[args.target] for row in rows]
+    typical = min(sources, key=lambda s: (abs(len(s.split()) - 12), s))
+
+    print(describe())
+    print(f"model: {args.model}; {len(sources)} sentences of {args.data}; device {args.device}")
+    print(f"typical sentence ({len(typical.split())} words): {typical}")
+    for int8 in (False, True) if args.device == "cpu" else (False,):
+        translator = Translator.from_dir(args.model, device=args.device, int8=int8)
+        if not int8:
+            print(f"{translator.model.num_parameters():,} parameters")
+        print(f"\n{'int8' if int8 else 'fp32'}")
+        print(f"{'search':8} {'sentences/s':>12} {'BLEU':>6} {'p50 ms':>7} {'p95 ms':>7}")
+        for beam_size in (1, 5):
+            decode = DecodeConfig(**{**vars(translator.decode), "beam_size": beam_size, "n_best": 1})
+            if args.batch_size:
+                decode.batch_size = args.batch_size
+            translator.translate(sources[:64], decode)  # warm-up
+            rates, hypotheses = [], []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                hypotheses = [t.text for t in translator.translate(sources, decode)]
+                rates.append(len(sources) / (time.perf_counter() - start))
+            bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
+            latencies = []
+            for _ in range(args.latency_runs):
+                start = time.perf_counter()
+                translator.translate([typical], decode)
+                if args.device != "cpu":
+                    torch.cuda.synchronize()
+                latencies.append((time.perf_counter() - start) * 1000)
+            search = "greedy" if beam_size == 1 else f"beam {beam_size}"
+            print(
+                f"{search:8} {statistics.median(rates):12.1f} {bleu:6.2f} "
+                f"{percentile(latencies, 50):7.1f} {percentile(latencies, 95):7.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
