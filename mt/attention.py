@@ -26,14 +26,17 @@ class AdditiveAttention(nn.Module):
     def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Weigh `values` by how well their keys match `query`.
 
-        query: (batch, query_size)      the decoder state s_{i-1}
-        keys: (batch, src_len, attn_size) from `project_keys`
-        values: (batch, src_len, key_size) the encoder states h_j
+        query: (batch * group, query_size)  the decoder states s_{i-1}: `group` consecutive rows per
+                                            sentence (the beams of beam search; 1 in training and greedy)
+        keys: (batch, src_len, attn_size)   from `project_keys`, once per sentence, shared by its rows
+        values: (batch, src_len, key_size)  the encoder states h_j
         mask: (batch, src_len), True at real tokens, False at padding
-        Returns the context (batch, key_size) and the attention weights (batch, src_len).
+        Returns the context (batch * group, key_size) and the attention weights (batch * group, src_len).
         """
-        energies = self.energy_layer(torch.tanh(keys + self.query_layer(query).unsqueeze(1))).squeeze(2)
-        energies = energies.masked_fill(~mask, float("-inf"))
+        batch = keys.size(0)
+        projected = self.query_layer(query).view(batch, -1, 1, keys.size(-1))  # (batch, group, 1, attn_size)
+        energies = self.energy_layer(torch.tanh(keys.unsqueeze(1) + projected)).squeeze(-1)  # (batch, group, src_len)
+        energies = energies.masked_fill(~mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(energies, dim=-1)
-        context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)
-        return context, weights
+        context = torch.bmm(weights, values)  # (batch, group, key_size)
+        return context.flatten(0, 1), weights.flatten(0, 1)

@@ -26,20 +26,40 @@ from mt.tokenizer import BOS, PAD
 
 @dataclass
 class DecoderState:
-    hidden: tuple[Tensor, ...]  # per layer (batch, dec_hidden); tuples, not one tensor, keep backward cheap
-    cell: tuple[Tensor, ...] | None  # per layer (batch, dec_hidden) for an LSTM, else None
-    keys: Tensor  # (batch, src_len, attn_size): U h_j, projected once per sentence
-    values: Tensor  # (batch, src_len, 2*enc_hidden): the encoder annotations h_j
-    mask: Tensor  # (batch, src_len): True at real source tokens
+    """Rows are hypotheses, in groups of equal size per sentence (a sentence's beams); what only
+    depends on the source is held once per sentence, so reordering beams never copies it."""
+
+    hidden: tuple[Tensor, ...]  # per layer (rows, dec_hidden); tuples, not one tensor, keep backward cheap
+    cell: tuple[Tensor, ...] | None  # per layer (rows, dec_hidden) for an LSTM, else None
+    keys: Tensor  # (sentences, src_len, attn_size): U h_j, projected once per sentence
+    values: Tensor  # (sentences, src_len, 2*enc_hidden): the encoder annotations h_j
+    mask: Tensor  # (sentences, src_len): True at real source tokens
 
     def select(self, index: Tensor) -> DecoderState:
-        """The state of rows `index` (batch,): reorders beams and drops finished sentences."""
+        """The state of rows `index`: reorders beams and drops finished sentences. `index` keeps the
+        group size, each group taken from one sentence, sentences in their order."""
+        group = self.hidden[0].size(0) // self.keys.size(0)
+        sentences = index.size(0) // group
+        keys, values, mask = self.keys, self.values, self.mask
+        if sentences != keys.size(0):  # some sentences are done: their source leaves too
+            kept = index[::group] // group
+            keys, values, mask = keys.index_select(0, kept), values.index_select(0, kept), mask.index_select(0, kept)
         return DecoderState(
             hidden=tuple(h.index_select(0, index) for h in self.hidden),
             cell=None if self.cell is None else tuple(c.index_select(0, index) for c in self.cell),
-            keys=self.keys.index_select(0, index),
-            values=self.values.index_select(0, index),
-            mask=self.mask.index_select(0, index),
+            keys=keys,
+            values=values,
+            mask=mask,
+        )
+
+    def repeat(self, times: int) -> DecoderState:
+        """Each row `times` times, side by side: the beams of beam search, before they diverge."""
+        return DecoderState(
+            hidden=tuple(h.repeat_interleave(times, dim=0) for h in self.hidden),
+            cell=None if self.cell is None else tuple(c.repeat_interleave(times, dim=0) for c in self.cell),
+            keys=self.keys,
+            values=self.values,
+            mask=self.mask,
         )
 
 

@@ -18,7 +18,13 @@ from torch import Tensor
 
 
 class SearchState(Protocol):
-    def select(self: StateT, index: Tensor) -> StateT: ...
+    def select(self: StateT, index: Tensor) -> StateT:
+        """The rows `index`, which keep the group size (k rows per sentence in beam search)."""
+        ...
+
+    def repeat(self: StateT, times: int) -> StateT:
+        """Each row `times` times, side by side."""
+        ...
 
 
 StateT = TypeVar("StateT", bound=SearchState)
@@ -187,7 +193,7 @@ def beam_search(
     batch = max_lengths.size(0)
     device = max_lengths.device
     sentences = torch.arange(batch, device=device)  # sentence id of each block of k rows
-    state = state.select(torch.arange(batch, device=device).repeat_interleave(k))
+    state = state.repeat(k)
     prev = torch.full((batch * k,), bos, dtype=torch.long, device=device)
     beam_scores = torch.zeros(batch, k, device=device)
     beam_scores[:, 1:] = float("-inf")  # all k beams start as one: expand only the first

@@ -28,6 +28,9 @@ class History:
     def select(self, index: Tensor) -> History:
         return History(self.tokens.index_select(0, index))
 
+    def repeat(self, times: int) -> History:
+        return History(self.tokens.repeat_interleave(times, dim=0))
+
 
 def table_step(
     table: dict[tuple[int, ...], dict[int, float]],
@@ -192,6 +195,9 @@ class Trail:
 
     def select(self, index: Tensor) -> Trail:
         return Trail(self.steps.index_select(0, index))
+
+    def repeat(self, times: int) -> Trail:
+        return Trail(self.steps.repeat_interleave(times, dim=0))
 
 
 def trail_step(prev: Tensor, state: Trail) -> tuple[Tensor, Tensor, Trail]:
