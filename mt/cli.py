@@ -15,6 +15,10 @@ from pathlib import Path
 from mt.checkpoint import CONFIG, ModelDirError
 from mt.config import Config, ConfigError, DecodeConfig, section_fields, section_names, set_field
 from mt.data import CorpusError, read_lines
+from mt.distributed import World, leave
+
+if typing.TYPE_CHECKING:
+    from mt.translator import Translation
 
 log = logging.getLogger("mt")
 
@@ -64,7 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mt.train import Trainer, check_run_dir
 
     out = Path(args.out)
-    check_run_dir(out, args.resume)  # before reading the run's config, so the error says what is wrong
+    if World.from_env().is_main:  # before reading the run's config, so the error says what is wrong
+        check_run_dir(out, args.resume)
     if args.resume:
         config = Config.load(out / "last" / CONFIG)
         fixed = [key for key in _overrides(args) if key.split(".")[0] in ("model", "vocab")]
@@ -81,27 +86,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     _apply(config, _overrides(args))
     trainer = Trainer(config, out, resume=args.resume, max_steps=args.max_steps)
     progress = trainer.fit()
-    print(f"best greedy validation BLEU {progress.best_bleu:.2f} at step {progress.best_step}; model: {out / 'best'}")
+    if trainer.world.is_main:
+        best = f"best greedy validation BLEU {progress.best_bleu:.2f} at step {progress.best_step}"
+        print(f"{best}; model: {out / 'best'}")
     return 0
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from mt.translator import Translator
+    from mt.translator import Translator, resolve_device
 
-    translator = Translator.from_dir(args.model, device=args.device, int8=args.int8)
+    world = World.from_env()  # under torchrun each rank translates every size-th line, and rank 0 writes all
+    if world.size > 1 and not args.input:
+        raise ValueError("under torchrun, give the text to translate as --input: every rank reads it")
+    device = world.join(resolve_device(args.device))
+    translator = Translator.from_dir(args.model, device=str(device), int8=args.int8)
     decode = _decode_config(args, translator.decode)
     source = Path(args.input).read_bytes() if args.input else sys.stdin.buffer.read()
     lines = read_lines(source)
-    outputs = translator.translate(lines, decode)
-    if decode.n_best > 1:  # Moses-style n-best list: index ||| hypothesis ||| score
-        text = "".join(f"{i} ||| {c.text} ||| {c.score:.4f}\n" for i, o in enumerate(outputs) for c in o.candidates)
-    else:
-        text = "".join(o.text + "\n" for o in outputs)
+    indices = world.shard(list(range(len(lines))))
+    outputs = translator.translate([lines[i] for i in indices], decode)
+    blocks = world.gather_shards([_output(i, o, decode.n_best) for i, o in zip(indices, outputs, strict=True)])
+    if not world.is_main:
+        return 0
+    text = "".join(blocks)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _output(index: int, translation: Translation, n_best: int) -> str:
+    """The line of translation `index`; with n-best, Moses-style lines: index ||| hypothesis ||| score."""
+    if n_best > 1:
+        return "".join(f"{index} ||| {c.text} ||| {c.score:.4f}\n" for c in translation.candidates)
+    return translation.text + "\n"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -244,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(  # under torchrun, rank 0 speaks for all
+        level=level if World.from_env().is_main else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s"
     )
     try:
         return int(args.func(args))
@@ -255,3 +275,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mt {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        leave()

@@ -59,7 +59,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    batch_tokens: int = 2500  # target tokens per batch; sentences of similar length are bucketed together
+    batch_tokens: int = 2500  # target tokens per update (across all ranks under torchrun); similar lengths together
     lr: float = 0.001
     max_epochs: int = 60
     max_minutes: float = 0.0  # stop after this much training time (0 = no limit)

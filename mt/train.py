@@ -2,6 +2,10 @@
 clipping, length-bucketed batches sized in target tokens, validation loss and greedy BLEU after every
 epoch (or N steps), learning-rate decay on a BLEU plateau, early stopping, and checkpoints that
 resume a killed run exactly where it was: same batches, same optimizer moments, same dropout masks.
+
+Under `torchrun` the run is data-parallel (DDP): every rank builds the same batches, trains on its
+share of each, and the gradients are averaged over ranks so that each update is the one a single
+process makes on the whole batch; rank 0 validates, logs and writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -29,13 +33,16 @@ from mt.checkpoint import (
     commit_checkpoint,
     load_model_dir,
     load_training_state,
+    model_weights,
     point_link,
     prune_checkpoints,
     save_model_dir,
     save_training_state,
+    tensors_digest,
 )
 from mt.config import Config, TrainConfig
 from mt.data import ParallelCorpus, clean, load_split
+from mt.distributed import World
 from mt.loss import label_smoothed_cross_entropy
 from mt.model import Seq2Seq, pad_batch
 from mt.tokenizer import BOS, EOS, PAD, Tokenizer, seed_sampling
@@ -108,23 +115,47 @@ def collate(indices: list[int], src: list[list[int]], tgt: list[list[int]], devi
     return Batch(src_batch, lengths, tgt_in, tgt_out, int((tgt_out != PAD).sum()))
 
 
-def train_step(model: Seq2Seq, optimizer: torch.optim.Optimizer, batch: Batch, config: TrainConfig) -> float:
-    """One teacher-forced update; returns the batch's mean label-smoothed loss per target token."""
+def rank_share(indices: list[int], tgt: list[list[int]], world: World) -> tuple[list[int], float]:
+    """This rank's sentences of a batch, and the weight of their summed loss.
+
+    A rank takes every size-th sentence: batches are sorted by length, so the shares are balanced. The
+    weight is size / (target tokens of the whole batch), because DDP averages the gradients over ranks:
+    the update is then the one a single process makes on the whole batch (the mean loss per target
+    token), up to the order of float additions. A rank left without a sentence (a batch of fewer
+    sentences than ranks) trains on the first one with weight 0: every rank's backward must take part.
+    """
+    tokens = sum(len(tgt[i]) + 1 for i in indices)  # + </s>
+    share = world.shard(indices)
+    if not share:
+        return indices[:1], 0.0
+    return share, world.size / tokens
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    config: TrainConfig,
+    *,
+    weight: float | None = None,
+) -> float:
+    """One teacher-forced update; returns the batch's mean label-smoothed loss per target token.
+
+    weight: what the batch's summed loss is multiplied by before backward; 1 / its target tokens when
+    None (see `rank_share` for a rank's share of a batch under DDP).
+    """
     logits = model(batch.src, batch.lengths, batch.tgt_in)
-    loss = (
-        label_smoothed_cross_entropy(
-            logits.view(-1, logits.size(-1)),
-            batch.tgt_out.view(-1),
-            smoothing=config.label_smoothing,
-            ignore_index=PAD,
-        )
-        / batch.tgt_tokens
+    summed = label_smoothed_cross_entropy(
+        logits.view(-1, logits.size(-1)),
+        batch.tgt_out.view(-1),
+        smoothing=config.label_smoothing,
+        ignore_index=PAD,
     )
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+    (summed * weight if weight is not None else summed / batch.tgt_tokens).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)  # DDP has averaged the gradients
     optimizer.step()
-    return loss.item()
+    return summed.item() / batch.tgt_tokens
 
 
 def train_tokenizers(corpus: ParallelCorpus, config: Config) -> tuple[Tokenizer, Tokenizer]:
@@ -217,7 +248,9 @@ def checkpoint_bytes(config: Config) -> int:
 class Trainer:
     def __init__(self, config: Config, run_dir: Path, *, resume: bool = False, max_steps: int = 0) -> None:
         config.validate()
-        check_run_dir(run_dir, resume, config)
+        self.world = World.from_env()
+        if self.world.is_main:  # rank 0 alone writes to the run folder (the others would race for its probe)
+            check_run_dir(run_dir, resume, config)
         self.config = config
         self.run_dir = run_dir
         self.max_steps = max_steps  # stop after this many steps in total (0 = no limit); for tests
@@ -225,7 +258,7 @@ class Trainer:
         keep_freed_memory()
         if train_cfg.threads > 0:
             torch.set_num_threads(train_cfg.threads)
-        self.device = resolve_device(train_cfg.device)
+        self.device = self.world.join(resolve_device(train_cfg.device))
         random.seed(train_cfg.seed)
         torch.manual_seed(train_cfg.seed)
 
@@ -238,7 +271,7 @@ class Trainer:
             loaded = load_model_dir(run_dir / "last", device=self.device)
             self.model, self.src_tok, self.tgt_tok = loaded.model.train(), loaded.src_tokenizer, loaded.tgt_tokenizer
         else:
-            self.src_tok, self.tgt_tok = train_tokenizers(self.train_corpus, config)
+            self.src_tok, self.tgt_tok = self._tokenizers()
             self.model = Seq2Seq.from_config(config.model, src_vocab=len(self.src_tok), tgt_vocab=len(self.tgt_tok))
             self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
@@ -264,7 +297,11 @@ class Trainer:
                 self.progress.epoch,
                 self.progress.batch_in_epoch,
             )
-        log.info("model: %s parameters on %s", f"{self.model.num_parameters():,}", self.device)
+        if self.world.rank > 0:  # rank 0 draws the dropout masks a single process would, the others their own
+            torch.manual_seed(train_cfg.seed + 1_000_003 * self.world.rank + self.progress.step)
+        self.step_model = self.world.parallel(self.model)  # DDP under torchrun, else the model itself
+        ranks = f", data-parallel over {self.world.size} ranks" if self.world.size > 1 else ""
+        log.info("model: %s parameters on %s%s", f"{self.model.num_parameters():,}", self.device, ranks)
         self.valid_src = self.src_tok.encode(self.valid_corpus.src)
         self.valid_tgt = self.tgt_tok.encode(self.valid_corpus.tgt)
         self._last_save = time.monotonic()
@@ -279,7 +316,8 @@ class Trainer:
         if self._limit_reached():  # resumed after its last checkpoint was written: a kill at the very end
             log.info("the run in %s already reached its step or time limit", self.run_dir)
             return self.progress
-        with (self.run_dir / "log.jsonl").open("a", encoding="utf-8") as self._log_file:
+        log_path = self.run_dir / "log.jsonl" if self.world.is_main else Path(os.devnull)
+        with log_path.open("a", encoding="utf-8") as self._log_file:
             while self.progress.epoch <= train_cfg.max_epochs:
                 if self._train_epoch():
                     break
@@ -289,19 +327,42 @@ class Trainer:
                 if train_cfg.eval_every == 0 and self._validate_and_save():
                     break
             else:
-                if self._saved_step != self.progress.step:  # steps since the last evaluation
+                # steps since the last checkpoint (rank 0 alone takes the timed ones)
+                if self.world.broadcast(self._saved_step != self.progress.step):
                     self._validate_and_save()
         return self.progress
 
+    def _tokenizers(self) -> tuple[Tokenizer, Tokenizer]:
+        """Trained by rank 0 and sent to the others, so that all ranks hold the very same vocabularies."""
+        if self.world.size == 1:
+            return train_tokenizers(self.train_corpus, self.config)
+        trained = train_tokenizers(self.train_corpus, self.config) if self.world.is_main else None
+        src_proto, tgt_proto = self.world.broadcast(
+            (trained[0].model_proto, trained[1].model_proto) if trained else (b"", b"")
+        )
+        if trained:
+            return trained
+        src_tok = Tokenizer(model_proto=src_proto)
+        return src_tok, src_tok if self.config.vocab.joint else Tokenizer(model_proto=tgt_proto)
+
     def _epoch_data(self) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
-        """The epoch's pieces and batches, a pure function of (seed, epoch): a resumed run sees the same."""
+        """The epoch's pieces and batches, a pure function of (seed, epoch): a resumed run sees the same
+        batches, and so does every rank."""
         seed = self.config.train.seed * 1000 + self.progress.epoch
-        seed_sampling(seed)
         alpha = self.config.vocab.sampling_alpha
-        src = self.src_tok.encode(self.train_corpus.src, sampling_alpha=alpha)
-        tgt = self.tgt_tok.encode(self.train_corpus.tgt, sampling_alpha=alpha)
+        if alpha > 0 and self.world.size > 1:
+            # SentencePiece draws other samples in each process from the same seed: all ranks take rank 0's
+            pieces = self._encode(seed, alpha) if self.world.is_main else ([], [])
+            src, tgt = self.world.broadcast(pieces)
+        else:
+            src, tgt = self._encode(seed, alpha)
         batches = make_batches(src, tgt, batch_tokens=self.config.train.batch_tokens, rng=random.Random(seed))
         return src, tgt, batches
+
+    def _encode(self, seed: int, alpha: float) -> tuple[list[list[int]], list[list[int]]]:
+        seed_sampling(seed)
+        src = self.src_tok.encode(self.train_corpus.src, sampling_alpha=alpha)
+        return src, self.tgt_tok.encode(self.train_corpus.tgt, sampling_alpha=alpha)
 
     def _train_epoch(self) -> bool:
         """The rest of the current epoch from the saved position; True when training should stop early."""
@@ -315,23 +376,23 @@ class Trainer:
             unit="batch",
             mininterval=1.0,
             dynamic_ncols=True,
+            disable=not self.world.is_main,
         )
         window_tokens, window_loss, window_start = 0, 0.0, time.monotonic()
         for indices in batches[self.progress.batch_in_epoch :]:
-            batch = collate(indices, src, tgt, self.device)
-            loss = train_step(self.model, self.optimizer, batch, self.config.train)
+            share, weight = rank_share(indices, tgt, self.world)
+            batch = collate(share, src, tgt, self.device)
+            loss = train_step(self.step_model, self.optimizer, batch, train_cfg, weight=weight)
             self.progress.step += 1
             self.progress.batch_in_epoch += 1
-            window_tokens += batch.tgt_tokens
-            window_loss += loss * batch.tgt_tokens
+            tokens = batch.tgt_tokens if weight > 0 else 0
+            window_tokens += tokens
+            window_loss += loss * tokens
             bar.update(1)
             if self.progress.step % LOG_EVERY == 0:
                 seconds = time.monotonic() - window_start
-                figures = {
-                    "loss": window_loss / window_tokens,
-                    "lr": self._lr(),
-                    "tgt_tok_per_s": window_tokens / seconds,
-                }
+                all_tokens, all_loss = self.world.sum([window_tokens, window_loss])  # every rank, same step
+                figures = {"loss": all_loss / all_tokens, "lr": self._lr(), "tgt_tok_per_s": all_tokens / seconds}
                 bar.set_postfix(
                     loss=f"{figures['loss']:.3f}", lr=f"{figures['lr']:.2g}", tok_s=f"{figures['tgt_tok_per_s']:.0f}"
                 )
@@ -346,7 +407,7 @@ class Trainer:
                     bar.close()
                     return True
                 self.model.train()
-            elif time.monotonic() - self._last_save >= 60 * train_cfg.save_every_minutes:
+            elif self.world.is_main and time.monotonic() - self._last_save >= 60 * train_cfg.save_every_minutes:
                 self._save(best=False)
         bar.close()
         return False
@@ -354,9 +415,15 @@ class Trainer:
     # --- validation and checkpoints ------------------------------------------------------------------
 
     def _validate_and_save(self) -> bool:
-        """Validate, step the LR schedule and early stopping, checkpoint; True when training should stop."""
-        val_loss = self.validation_loss()
-        bleu = self.validation_bleu()
+        """Validate, step the LR schedule and early stopping, checkpoint; True when training should stop.
+
+        Under DDP rank 0 validates and checkpoints; every rank steps the schedule and early stopping from
+        rank 0's BLEU, so they all change the learning rate and stop at the same step.
+        """
+        if self.world.size > 1:  # DDP keeps ranks identical only while all they draw on is: stop if it was not
+            self.world.check_same(tensors_digest(model_weights(self.model)), f"weights at step {self.progress.step}")
+        val_loss, bleu = (self.validation_loss(), self.validation_bleu()) if self.world.is_main else (0.0, 0.0)
+        bleu = self.world.broadcast(bleu)
         progress = self.progress
         improved = bleu > progress.best_bleu
         if improved:
@@ -364,27 +431,34 @@ class Trainer:
         else:
             progress.evals_without_improvement += 1
         self.scheduler.step(bleu)
-        self._write_log(
-            "eval",
-            val_loss=val_loss,
-            val_ppl=math.exp(min(val_loss, 50)),
-            val_bleu=bleu,
-            lr=self._lr(),
-            best_bleu=progress.best_bleu,
-        )
-        tqdm.write(
-            f"step {progress.step}: validation loss {val_loss:.3f}, greedy BLEU {bleu:.2f} "
-            f"(best {progress.best_bleu:.2f} at step {progress.best_step}), lr {self._lr():.2g}, "
-            f"{self._elapsed() / 60:.1f} min"
-        )
+        if self.world.is_main:
+            self._write_log(
+                "eval",
+                val_loss=val_loss,
+                val_ppl=math.exp(min(val_loss, 50)),
+                val_bleu=bleu,
+                lr=self._lr(),
+                best_bleu=progress.best_bleu,
+            )
+            tqdm.write(
+                f"step {progress.step}: validation loss {val_loss:.3f}, greedy BLEU {bleu:.2f} "
+                f"(best {progress.best_bleu:.2f} at step {progress.best_step}), lr {self._lr():.2g}, "
+                f"{self._elapsed() / 60:.1f} min"
+            )
         self._save(best=improved)
-        if progress.evals_without_improvement >= self.config.train.patience:
-            tqdm.write(f"early stopping: no better validation BLEU in {self.config.train.patience} evaluations")
-            return True
-        if self._lr() < self.config.train.min_lr:
-            tqdm.write(f"stopping: learning rate fell below {self.config.train.min_lr}")
-            return True
-        return False
+        reason = self._stop_reason()
+        if reason and self.world.is_main:
+            tqdm.write(reason)
+        return bool(reason)
+
+    def _stop_reason(self) -> str:
+        """Why training should stop after this evaluation; empty when it should go on."""
+        train_cfg = self.config.train
+        if self.progress.evals_without_improvement >= train_cfg.patience:
+            return f"early stopping: no better validation BLEU in {train_cfg.patience} evaluations"
+        if self._lr() < train_cfg.min_lr:
+            return f"stopping: learning rate fell below {train_cfg.min_lr}"
+        return ""
 
     @torch.inference_mode()
     def validation_loss(self) -> float:
@@ -413,6 +487,13 @@ class Trainer:
         return float(sacrebleu.corpus_bleu([o.text for o in outputs], [self.valid_corpus.tgt[:limit]]).score)
 
     def _save(self, *, best: bool) -> None:
+        """Checkpoint on rank 0, which holds the same weights and state as every other rank."""
+        if self.world.is_main:
+            self._write_checkpoint(best=best)
+        self._last_save = time.monotonic()
+        self._saved_step = self.progress.step
+
+    def _write_checkpoint(self, *, best: bool) -> None:
         self.progress.elapsed = self._elapsed()
         self.progress.scheduler = self.scheduler.state_dict()
         trainer_state = {k: v for k, v in vars(self.progress).items()}
@@ -426,14 +507,14 @@ class Trainer:
             point_link(self.run_dir, "best", checkpoint)
         point_link(self.run_dir, "last", checkpoint)
         prune_checkpoints(self.run_dir, KEEP_CHECKPOINTS)
-        self._last_save = time.monotonic()
-        self._saved_step = self.progress.step
 
     # --- bookkeeping ---------------------------------------------------------------------------------
 
     def _limit_reached(self) -> bool:
         minutes = self.config.train.max_minutes
         out_of_time = minutes > 0 and self._elapsed() >= 60 * minutes
+        if minutes > 0:  # by rank 0's clock: all ranks must stop after the same step
+            out_of_time = self.world.broadcast(out_of_time)
         return out_of_time or (self.max_steps > 0 and self.progress.step >= self.max_steps)
 
     def _lr(self) -> float:

@@ -8,7 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mt.train import RunDirError, Trainer, make_batches
+from mt.config import ModelConfig
+from mt.distributed import World
+from mt.loss import label_smoothed_cross_entropy
+from mt.model import Seq2Seq
+from mt.tokenizer import PAD
+from mt.train import RunDirError, Trainer, collate, make_batches, rank_share
 from mt.translator import Translator
 
 from .conftest import tiny_config
@@ -29,6 +34,35 @@ def test_batches_are_a_function_of_the_seed() -> None:
     first = make_batches(src, tgt, batch_tokens=100, rng=random.Random(3))
     assert first == make_batches(src, tgt, batch_tokens=100, rng=random.Random(3))
     assert first != make_batches(src, tgt, batch_tokens=100, rng=random.Random(4))
+
+
+def test_the_ranks_shares_of_a_batch_average_to_the_gradient_of_the_whole_batch() -> None:
+    """What DDP computes (the mean over ranks of each share's weighted gradient) is the gradient of the
+    batch's mean loss per target token, also when a rank gets no sentence of its own."""
+    rng = random.Random(0)
+    src = [[rng.randrange(4, 30) for _ in range(rng.randint(2, 9))] for _ in range(7)]
+    tgt = [[rng.randrange(4, 30) for _ in range(rng.randint(2, 9))] for _ in range(7)]
+    torch.manual_seed(0)
+    config = ModelConfig(emb_size=8, enc_hidden=8, dec_hidden=8, attn_size=8, dropout=0.0, emb_dropout=0.0)
+    model = Seq2Seq.from_config(config, src_vocab=30, tgt_vocab=30)
+
+    def gradient(indices: list[int], weight: float) -> torch.Tensor:
+        """Of the summed loss of the sentences `indices` times `weight`: all parameters', as one vector."""
+        model.zero_grad()
+        batch = collate(indices, src, tgt, torch.device("cpu"))
+        logits = model(batch.src, batch.lengths, batch.tgt_in)
+        loss = label_smoothed_cross_entropy(
+            logits.flatten(0, 1), batch.tgt_out.flatten(), smoothing=0.1, ignore_index=PAD
+        )
+        (loss * weight).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    for batch, size in (([0, 1, 2, 3, 4, 5, 6], 2), ([0, 1, 2, 3, 4, 5, 6], 3), ([6], 2)):
+        shares = [rank_share(batch, tgt, World(rank=rank, size=size)) for rank in range(size)]
+        assert sorted(i for share, weight in shares if weight > 0 for i in share) == batch
+        mean_over_ranks = torch.stack([gradient(share, weight) for share, weight in shares]).mean(dim=0)
+        whole = gradient(batch, 1 / sum(len(tgt[i]) + 1 for i in batch))
+        torch.testing.assert_close(mean_over_ranks, whole, rtol=1e-5, atol=1e-7)
 
 
 def test_training_learns_to_reverse_sequences(reverse_corpus: Path, tmp_path: Path) -> None:
