@@ -147,7 +147,7 @@ def main() -> None:
         if process:
             warm = rss_mib(process.pid)
             print(f"server memory after 200 warm-up requests: {warm:.0f} MiB")
-        header = "clients  requests  req/s   p50 ms  p95 ms  p99 ms  mean batch  shed  errors"
+        header = "clients  requests  req/s   p50 ms  p95 ms  p99 ms  mean batch  server MiB  shed  errors"
         print(header)
         for clients in args.clients:
             batches, in_batches = batch_stats(url)
@@ -159,7 +159,8 @@ def main() -> None:
             print(
                 f"{clients:7d}  {len(tally.latencies):8d}  {len(tally.latencies) / elapsed:5.1f}  "
                 f"{percentile(ok, 50) * 1000:7.0f} {percentile(ok, 95) * 1000:7.0f} {percentile(ok, 99) * 1000:7.0f}  "
-                f"{in_batches / batches if batches else 0:10.1f}  {tally.shed:4d}  "
+                f"{in_batches / batches if batches else 0:10.1f}  {rss_mib(process.pid) if process else 0:10.0f}  "
+                f"{tally.shed:4d}  "
                 f"{sum(tally.errors.values()):6d}{' ' + str(dict(tally.errors)) if tally.errors else ''}"
             )
         if process:

@@ -21,8 +21,9 @@ from mt.translator import Translator
 
 CASES = {
     "repeated word x200": "der " * 200,
+    "repeated word x390": "der " * 390,
     "repeated piece, no spaces x300": "ja" * 300,
-    "one sentence x12 (~400 pieces)": " ".join(["Ein Mann in einem blauen Hemd steht auf einer Leiter."] * 12),
+    "one caption x12": " ".join(["Ein Mann in einem blauen Hemd steht auf einer Leiter."] * 12),
     "punctuation only": "!?.,;:-" * 40,
     "emoji and CJK": "🙂🚲 自転車に乗る男 " * 20,
     "digits": " ".join(str(n) for n in range(150)),
