@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pytest
 from mt.checkpoint import export_model_dir
 from mt.config import Config
 from mt.train import Trainer
+
+ROOT = Path(__file__).parents[1]  # the repository, where test subprocesses run `python -m mt`
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the environment of such subprocesses
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
 
@@ -65,3 +69,12 @@ def models_dir(reverse_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -
         Trainer(config, root / f"run-{src}", max_steps=200).fit()
         export_model_dir([root / f"run-{src}" / "best"], root / "models" / f"{src}-{tgt}")
     return root / "models"
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Smaller than `reverse_corpus`, for tests that start many processes: each reads, cleans and encodes it."""
+    folder = tmp_path_factory.mktemp("small")
+    write_jsonl(folder / "train.jsonl", reverse_task(600, seed=1))
+    write_jsonl(folder / "validation.jsonl", reverse_task(30, seed=2))
+    return folder

@@ -21,28 +21,17 @@ from mt.config import Config
 from mt.distributed import RanksDivergedError, World, leave
 from mt.train import Trainer
 
-from .conftest import reverse_task, tiny_config, write_jsonl
+from .conftest import ONE_THREAD, ROOT, reverse_task, tiny_config
 
-ROOT = Path(__file__).parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # Two ranks add up each gradient in another order than one process: after 20 Adam steps (lr 0.01) the
 # weights differ by 1.3e-5 at most. Averaging the ranks' mean losses instead of dividing by the whole
 # batch's tokens moves them by 0.07, and leaving out the factor 2 that undoes DDP's averaging by 0.01.
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Small: every rank of every run reads it, cleans it and encodes it."""
-    folder = tmp_path_factory.mktemp("distributed")
-    write_jsonl(folder / "train.jsonl", reverse_task(600, seed=1))
-    write_jsonl(folder / "validation.jsonl", reverse_task(30, seed=2))
-    return folder
-
-
 def torchrun(*args: str, cwd: Path) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mt"]
-    result = subprocess.run([*command, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*command, *args], cwd=cwd, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -52,12 +41,12 @@ def evaluations(run: Path) -> list[tuple[int, float]]:
 
 
 def test_two_ranks_train_the_weights_one_process_trains_on_the_same_batches(
-    corpus: Path, tmp_path: Path, record_property: Callable[[str, object], None]
+    small_corpus: Path, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     # dropout 0: with dropout each rank draws its own masks, and the runs agree only in distribution.
     # Evaluations every 5 steps, the learning rate halved after 2 without a better BLEU: rank 0 validates,
     # and the other rank must change its learning rate at the same step.
-    config = tiny_config(corpus, eval_every=5, lr_patience=1)
+    config = tiny_config(small_corpus, eval_every=5, lr_patience=1)
     config_file = tmp_path / "config.json"
     config.save(config_file)
     ranks_run = tmp_path / "ranks"
@@ -78,10 +67,10 @@ def test_two_ranks_train_the_weights_one_process_trains_on_the_same_batches(
 
 
 @pytest.fixture(scope="module")
-def model(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Trained long enough to translate every line differently."""
     run = tmp_path_factory.mktemp("model") / "run"
-    Trainer(tiny_config(corpus, eval_every=80), run, max_steps=80).fit()
+    Trainer(tiny_config(small_corpus, eval_every=80), run, max_steps=80).fit()
     return run / "last"
 
 

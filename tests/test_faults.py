@@ -26,23 +26,12 @@ from mt.cli import main
 from mt.config import Config
 from mt.train import Trainer
 
-from .conftest import reverse_task, tiny_config, write_jsonl
+from .conftest import ONE_THREAD, ROOT, tiny_config
 
-ROOT = Path(__file__).parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 Record = Callable[[str, object], None]  # pytest's record_property
 # how far a checkpoint write has got when it is killed: the folder is new, or holds this file
 WRITE_PHASES = ("", "model.safetensors", "src.spm", "optimizer.safetensors", "trainer.json")
 COMPARED = ("step", "epoch", "batch_in_epoch", "best_bleu", "best_step", "evals_without_improvement")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Smaller than `reverse_corpus`: each of the many processes starts in less time."""
-    folder = tmp_path_factory.mktemp("faults")
-    write_jsonl(folder / "train.jsonl", reverse_task(600, seed=1))
-    write_jsonl(folder / "validation.jsonl", reverse_task(30, seed=2))
-    return folder
 
 
 def fault_config(data: Path) -> Config:
@@ -142,7 +131,7 @@ def train_with_kills(config_file: Path, run: Path, *, max_steps: int, moments: l
         command = [sys.executable, "-m", "mt", "train", "--out", str(run), "--max-steps", str(max_steps), *resume]
         log = run.parent / f"{run.name}-attempt-{attempt}.log"
         with log.open("wb") as output:
-            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=ONE_THREAD, cwd=ROOT)
             try:
                 if attempt < len(moments) and wait_for_moment(process, run, moments[attempt], rng):
                     process.send_signal(signal.SIGKILL)
@@ -171,9 +160,9 @@ def assert_same_final_state(straight: Path, resumed: Path) -> None:
 
 
 def run_kill_test(
-    corpus: Path, tmp_path: Path, *, max_steps: int, moments: list[str], seed: int, record: Record
+    small_corpus: Path, tmp_path: Path, *, max_steps: int, moments: list[str], seed: int, record: Record
 ) -> list[Kill]:
-    config = fault_config(corpus)
+    config = fault_config(small_corpus)
     Trainer(config, tmp_path / "straight", max_steps=max_steps).fit()
     kills = train_with_kills(
         write_config(config, tmp_path / "config.json"),
@@ -193,31 +182,31 @@ def run_kill_test(
 
 
 def test_kill_9_three_times_then_resume_ends_like_an_uninterrupted_run(
-    corpus: Path, tmp_path: Path, record_property: Record
+    small_corpus: Path, tmp_path: Path, record_property: Record
 ) -> None:
     """3 kills: two while a checkpoint is being written, one at a random moment of training."""
     moments = ["write", "timer", "write"]
-    kills = run_kill_test(corpus, tmp_path, max_steps=40, moments=moments, seed=1, record=record_property)
+    kills = run_kill_test(small_corpus, tmp_path, max_steps=40, moments=moments, seed=1, record=record_property)
     assert [k.moment for k in kills] == moments  # every kill hit a live process
     assert any(k.mid_write for k in kills)  # and one at least interrupted a checkpoint write
 
 
 @pytest.mark.slow
 def test_kill_9_twelve_times_at_random_moments_then_resume(
-    corpus: Path, tmp_path: Path, record_property: Record
+    small_corpus: Path, tmp_path: Path, record_property: Record
 ) -> None:
     """12 kills at seeded random moments, the first during start-up (before any checkpoint)."""
     rng = random.Random(12)
     moments = ["startup"] + [rng.choice(["write", "timer"]) for _ in range(11)]
-    kills = run_kill_test(corpus, tmp_path, max_steps=120, moments=moments, seed=12, record=record_property)
+    kills = run_kill_test(small_corpus, tmp_path, max_steps=120, moments=moments, seed=12, record=record_property)
     assert len(kills) == 12
     assert kills[0].last_step == 0  # killed before its first checkpoint, and started afresh
     assert sum(k.mid_write for k in kills) >= 3
 
 
-def test_resuming_a_finished_run_trains_no_further(corpus: Path, tmp_path: Path) -> None:
+def test_resuming_a_finished_run_trains_no_further(small_corpus: Path, tmp_path: Path) -> None:
     """A kill after the final checkpoint but before exit: the resumed run must not train past --max-steps."""
-    config = fault_config(corpus)
+    config = fault_config(small_corpus)
     Trainer(config, tmp_path / "run", max_steps=6).fit()
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     Trainer(config, tmp_path / "run", resume=True, max_steps=6).fit()
@@ -240,9 +229,9 @@ def one_error_line(captured: pytest.CaptureFixture[str]) -> str:
 
 
 def test_a_disk_without_room_for_the_checkpoints_is_refused_at_start(
-    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    small_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config_file = write_config(fault_config(corpus), tmp_path / "config.json")
+    config_file = write_config(fault_config(small_corpus), tmp_path / "config.json")
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=3_000_000))
     assert train_cli(config_file, tmp_path / "run") == 2
@@ -253,10 +242,10 @@ def test_a_disk_without_room_for_the_checkpoints_is_refused_at_start(
 
 
 def test_resuming_on_a_disk_without_room_is_refused_at_start(
-    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    small_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """On resume the need is measured on the last checkpoint, less the checkpoints already on disk."""
-    config = fault_config(corpus)
+    config = fault_config(small_corpus)
     config.train.save_every_minutes = 1000.0  # one checkpoint, at the end
     Trainer(config, tmp_path / "run", max_steps=2).fit()
     capsys.readouterr()  # the progress bar
@@ -269,9 +258,9 @@ def test_resuming_on_a_disk_without_room_is_refused_at_start(
 
 
 def test_a_disk_that_fills_during_the_probe_write_is_refused_at_start(
-    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    small_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config_file = write_config(fault_config(corpus), tmp_path / "config.json")
+    config_file = write_config(fault_config(small_corpus), tmp_path / "config.json")
 
     def full(descriptor: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -303,9 +292,9 @@ def read_only(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.parametrize("out", ["run inside it", "the folder itself"])
 def test_an_unwritable_output_folder_is_refused_at_start(
-    corpus: Path, tmp_path: Path, read_only: Path, capsys: pytest.CaptureFixture[str], out: str
+    small_corpus: Path, tmp_path: Path, read_only: Path, capsys: pytest.CaptureFixture[str], out: str
 ) -> None:
-    config_file = write_config(fault_config(corpus), tmp_path / "config.json")
+    config_file = write_config(fault_config(small_corpus), tmp_path / "config.json")
     run = read_only / "run" if out == "run inside it" else read_only
     assert train_cli(config_file, run) == 2
     err = one_error_line(capsys)

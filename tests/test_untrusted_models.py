@@ -28,7 +28,7 @@ from mt.cli import main
 from mt.model import Seq2Seq
 from mt.tokenizer import Tokenizer
 
-from .conftest import reverse_task, tiny_config
+from .conftest import ONE_THREAD, reverse_task, tiny_config
 
 ROOT = Path(__file__).parents[1]
 SENTENCES = [row["src"] for row in reverse_task(300, seed=5)]
@@ -399,13 +399,12 @@ def test_translate_with_a_bad_model_exits_2_with_one_line(
 
 def test_translate_with_a_bad_model_exits_2_in_a_real_process(broken: Path) -> None:
     break_weights(broken)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "mt", "translate", "--model", str(broken), "--device", "cpu"],
         input="alpha bravo\n",
         capture_output=True,
         text=True,
-        env=env,
+        env=ONE_THREAD,
         cwd=ROOT,
         timeout=120,
     )
