@@ -267,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(  # under torchrun, rank 0 speaks for all
         level=level if World.from_env().is_main else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s"
     )
+    completed = False
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        completed = True
+        return code
     except (ConfigError, CorpusError, ModelDirError, ValueError, OSError) as error:
         print(f"mt {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -276,4 +279,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mt {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        leave()
+        leave(completed=completed)

@@ -109,7 +109,16 @@ class World:
         return merged
 
 
-def leave() -> None:
-    """Leave the process group, if this process joined one."""
-    if dist.is_available() and dist.is_initialized():
+def leave(*, completed: bool) -> None:
+    """Leave the process group, if this process joined one.
+
+    After a command that `completed` on this rank, wait at a barrier first: rank 0 may still be writing
+    a checkpoint or an output while the others are done, and a rank that tears the group down under a
+    peer aborts the whole job. After an error, leave the group to die with the process: the peers may
+    never reach a barrier, and torchrun stops them once one rank has failed.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if completed:
+        dist.barrier()
         dist.destroy_process_group()

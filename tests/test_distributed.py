@@ -95,17 +95,15 @@ def _collectives(rank: int, port: int, results: Path) -> None:
     os.environ["MASTER_PORT"] = str(port)
     world = World.from_env()
     world.join(torch.device("cpu"))
+    gathered = world.gather_shards(world.shard(["only line"]))  # rank 1's shard is empty
+    world.check_same("same digest", "weights")
     try:
-        gathered = world.gather_shards(world.shard(["only line"]))  # rank 1's shard is empty
-        world.check_same("same digest", "weights")
-        try:
-            world.check_same(f"digest of rank {rank}", "weights")
-            diverged = ""
-        except RanksDivergedError as error:
-            diverged = str(error)
-        (results / f"rank-{rank}.json").write_text(json.dumps({"gathered": gathered, "diverged": diverged}))
-    finally:
-        leave()
+        world.check_same(f"digest of rank {rank}", "weights")
+        diverged = ""
+    except RanksDivergedError as error:
+        diverged = str(error)
+    (results / f"rank-{rank}.json").write_text(json.dumps({"gathered": gathered, "diverged": diverged}))
+    leave(completed=True)
 
 
 def test_a_rank_without_lines_adds_nothing_and_diverged_ranks_stop_every_rank(tmp_path: Path) -> None:
