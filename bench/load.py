@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from machine import describe, rss_mib
+from machine import cpu_seconds, describe, rss_mib
 
 
 @dataclass
@@ -147,19 +147,29 @@ def main() -> None:
         if process:
             warm = rss_mib(process.pid)
             print(f"server memory after 200 warm-up requests: {warm:.0f} MiB")
-        header = "clients  requests  req/s   p50 ms  p95 ms  p99 ms  mean batch  server MiB  shed  errors"
+        header = (
+            "clients  requests  req/s   p50 ms  p95 ms  p99 ms  mean batch  server MiB  server CPU  client CPU  "
+            "shed  errors"
+        )
         print(header)
         for clients in args.clients:
             batches, in_batches = batch_stats(url)
-            start = time.perf_counter()
+            start, server_cpu, client_cpu = (
+                time.perf_counter(),
+                cpu_seconds(process.pid) if process else 0,
+                time.process_time(),
+            )
             tally = asyncio.run(run(url, clients, body, sentences, StopAt(seconds, args.requests)))
             elapsed = time.perf_counter() - start
+            client_cpu = (time.process_time() - client_cpu) / elapsed  # cores busy on average
+            server_cpu = (cpu_seconds(process.pid) - server_cpu) / elapsed if process else float("nan")
             batches, in_batches = (a - b for a, b in zip(batch_stats(url), (batches, in_batches), strict=True))
             ok = tally.latencies or [float("nan")]
             print(
                 f"{clients:7d}  {len(tally.latencies):8d}  {len(tally.latencies) / elapsed:5.1f}  "
                 f"{percentile(ok, 50) * 1000:7.0f} {percentile(ok, 95) * 1000:7.0f} {percentile(ok, 99) * 1000:7.0f}  "
                 f"{in_batches / batches if batches else 0:10.1f}  {rss_mib(process.pid) if process else 0:10.0f}  "
+                f"{server_cpu:10.2f}  {client_cpu:10.2f}  "
                 f"{tally.shed:4d}  "
                 f"{sum(tally.errors.values()):6d}{' ' + str(dict(tally.errors)) if tally.errors else ''}"
             )
