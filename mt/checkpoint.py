@@ -37,6 +37,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mt.config import Config, ConfigError, DecodeConfig
+from mt.decoder import upgrade_weights
 from mt.model import Seq2Seq
 from mt.tokenizer import Tokenizer, TokenizerError
 
@@ -133,6 +134,12 @@ def load_model_dir(path: str | Path, *, device: str | torch.device = "cpu") -> L
     config = _read_config(path / CONFIG)
     src_tokenizer, tgt_tokenizer = _read_tokenizer(path / SRC_SPM), _read_tokenizer(path / TGT_SPM)
     weights = read_tensors(path / WEIGHTS)
+    try:
+        weights = upgrade_weights(weights)
+    except (KeyError, RuntimeError) as error:  # parts missing, or of shapes that do not fit together
+        raise ModelDirError(
+            f"{path / WEIGHTS} holds weights in the older layout that do not fit together: {error!r}"
+        ) from error
     for name, tensor in weights.items():
         if tensor.dtype not in WEIGHT_DTYPES:
             raise ModelDirError(f"{path / WEIGHTS}: {name} is {tensor.dtype}; weights are float32, float16 or bfloat16")

@@ -2,18 +2,23 @@
 appendix A.2.2; deep output as in Pascanu et al. 2014).
 
 At target step i, with s_{i-1} the top decoder state and y_{i-1} the previous target piece:
-    c_i = attention(s_{i-1}, h_1..h_n)            (context)
-    s_i = RNN([E y_{i-1}; c_i], s_{i-1})          (stacked GRU or LSTM cells)
-    t_i = tanh(W_o [s_i; c_i; E y_{i-1}])          (readout)
-    p(y_i | ...) = softmax(W_out t_i)             (W_out may share the target embedding E)
+    c_i = attention(s_{i-1}, h_1..h_n) = sum_j a_ij h_j      (context)
+    s_i = RNN([E y_{i-1}; c_i], s_{i-1})                      (stacked GRU or LSTM cells)
+    t_i = tanh(W_o [s_i; c_i; E y_{i-1}])                      (readout)
+    p(y_i | ...) = softmax(W_out t_i)                         (W_out may share the target embedding E)
 
-Teacher-forced training runs the recurrence step by step but the readout and the vocabulary
-projection for all steps in two large matrix products. Search drives the decoder one `step()` at a
-time and reorders its state with `DecoderState.select()`.
+The context reaches the first cell's gates and the readout only through a linear map W_c, so
+W_c c_i = sum_j a_ij (W_c h_j). Search computes W_c h_j once per sentence (`init_state`), and a step
+weighs them by its attention: src_len multiply-adds per output instead of enc_size, a third of the
+work of a beam search step. Teacher forcing (`forward`) instead projects each step's context, since
+its backward would otherwise add up a full (batch, src_len, terms) gradient at every step; there the
+embedding's share of the gates and readout is one matrix product for all target steps. Search drives
+the decoder one `step()` at a time and reorders its state with `DecoderState.select()`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +37,7 @@ class DecoderState:
     hidden: tuple[Tensor, ...]  # per layer (rows, dec_hidden); tuples, not one tensor, keep backward cheap
     cell: tuple[Tensor, ...] | None  # per layer (rows, dec_hidden) for an LSTM, else None
     keys: Tensor  # (sentences, src_len, attn_size): U h_j, projected once per sentence
-    values: Tensor  # (sentences, src_len, 2*enc_hidden): the encoder annotations h_j
+    values: Tensor  # (sentences, src_len, ...): what attention weighs; in search W_c h_j, once per sentence
     mask: Tensor  # (sentences, src_len): True at real source tokens
 
     def select(self, index: Tensor) -> DecoderState:
@@ -82,20 +87,40 @@ class Decoder(nn.Module):
         self.num_layers = num_layers
         self.hidden_size = hidden_size
         self.is_lstm = cell == "lstm"
+        self.gates_size = (4 if self.is_lstm else 3) * hidden_size  # GRU: r, z, n; LSTM: i, f, g, o
+        self.readout_size = emb_size if tie_embeddings else hidden_size
+        terms = self.gates_size + self.readout_size  # what E y_{i-1} and c_i add to the first cell and the readout
         self.embedding = nn.Embedding(vocab_size, emb_size, padding_idx=PAD)
         self.bridge = nn.Linear(enc_size, num_layers * hidden_size)
         self.attention = AdditiveAttention(query_size=hidden_size, key_size=enc_size, attn_size=attn_size)
+        self.embedded_proj = nn.Linear(emb_size, terms)  # [W_e; O_e] E y_{i-1}, and both biases
+        self.context_proj = nn.Linear(enc_size, terms, bias=False)  # [W_c; O_c] h_j
+        self.hidden_proj = nn.Linear(hidden_size, self.gates_size)  # U s_{i-1}: the first cell's recurrence
         cell_type = nn.LSTMCell if self.is_lstm else nn.GRUCell
-        self.cells = nn.ModuleList(
-            cell_type(emb_size + enc_size if layer == 0 else hidden_size, hidden_size) for layer in range(num_layers)
-        )
-        readout_size = emb_size if tie_embeddings else hidden_size
-        self.readout = nn.Linear(hidden_size + enc_size + emb_size, readout_size)
-        self.output = nn.Linear(readout_size, vocab_size, bias=False)
+        self.upper_cells = nn.ModuleList(cell_type(hidden_size, hidden_size) for _ in range(1, num_layers))
+        self.readout_proj = nn.Linear(hidden_size, self.readout_size, bias=False)  # O_s s_i
+        self.output = nn.Linear(self.readout_size, vocab_size, bias=False)
         if tie_embeddings:
             self.output.weight = self.embedding.weight
         self.emb_dropout = nn.Dropout(emb_dropout)
         self.dropout = nn.Dropout(dropout)
+        self._init_split_layers()
+
+    def _init_split_layers(self) -> None:
+        """The distributions of the layers these are parts of: a GRU or LSTM cell draws its weights and
+        biases from U(+-1/sqrt(hidden)), and a linear readout layer over [s_i; c_i; E y_{i-1}] from
+        U(+-1/sqrt(its inputs))."""
+        cell_bound = 1 / math.sqrt(self.hidden_size)
+        fan_in = self.hidden_size + self.context_proj.in_features + self.embedded_proj.in_features
+        readout_bound = 1 / math.sqrt(fan_in)
+        gates = self.gates_size
+        with torch.no_grad():
+            for parameter in (self.embedded_proj.weight, self.embedded_proj.bias, self.context_proj.weight):
+                parameter[:gates].uniform_(-cell_bound, cell_bound)
+                parameter[gates:].uniform_(-readout_bound, readout_bound)
+            for parameter in (self.hidden_proj.weight, self.hidden_proj.bias):
+                parameter.uniform_(-cell_bound, cell_bound)
+            self.readout_proj.weight.uniform_(-readout_bound, readout_bound)
 
     @classmethod
     def from_config(cls, config: ModelConfig, vocab_size: int, enc_size: int) -> Decoder:
@@ -112,8 +137,9 @@ class Decoder(nn.Module):
             tie_embeddings=config.tie_embeddings,
         )
 
-    def init_state(self, annotations: Tensor, summary: Tensor, mask: Tensor) -> DecoderState:
-        """s_0 = tanh(W_s summary) (Bahdanau et al. 2015, A.2.2), one slice per decoder layer.
+    def init_state(self, annotations: Tensor, summary: Tensor, mask: Tensor, *, project: bool = True) -> DecoderState:
+        """s_0 = tanh(W_s summary) (Bahdanau et al. 2015, A.2.2), one slice per decoder layer, and the
+        source's attention keys and values: W_c h_j for search, h_j itself if not `project`.
 
         annotations: (batch, src_len, enc_size); summary: (batch, enc_size); mask: (batch, src_len)
         """
@@ -123,23 +149,28 @@ class Decoder(nn.Module):
             hidden=hidden,
             cell=hidden if self.is_lstm else None,
             keys=self.attention.project_keys(annotations),
-            values=annotations,
+            values=self.context_proj(annotations) if project else annotations,
             mask=mask,
         )
 
-    def _advance(self, embedded: Tensor, state: DecoderState) -> tuple[Tensor, Tensor, DecoderState]:
-        """One recurrence step. embedded: (batch, emb_size) -> context (batch, enc_size), weights (batch, src_len)."""
-        context, weights = self.attention(state.hidden[-1], state.keys, state.values, state.mask)
-        layer_input = torch.cat([embedded, context], dim=-1)
-        hiddens, cells = [], []
-        for layer, rnn_cell in enumerate(self.cells):
+    def _advance(self, terms: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
+        """One recurrence step from the terms of E y_{i-1} and c_i (rows, gates + readout); returns the
+        readout's share of them (rows, readout) and the new state."""
+        gates, readout_terms = terms.split([self.gates_size, self.readout_size], dim=-1)
+        recurrent = self.hidden_proj(state.hidden[0])
+        if state.cell is not None:
+            hidden, cell = _lstm(gates + recurrent, state.cell[0])
+            hiddens, cells = [hidden], [cell]
+        else:
+            hiddens, cells = [_gru(gates, recurrent, state.hidden[0])], []
+        for layer, upper_cell in enumerate(self.upper_cells, start=1):
+            layer_input = self.dropout(hiddens[-1])
             if state.cell is not None:
-                h, c = rnn_cell(layer_input, (state.hidden[layer], state.cell[layer]))
-                cells.append(c)
+                hidden, cell = upper_cell(layer_input, (state.hidden[layer], state.cell[layer]))
+                hiddens.append(hidden)
+                cells.append(cell)
             else:
-                h = rnn_cell(layer_input, state.hidden[layer])
-            hiddens.append(h)
-            layer_input = self.dropout(h) if layer + 1 < self.num_layers else h
+                hiddens.append(upper_cell(layer_input, state.hidden[layer]))
         new_state = DecoderState(
             hidden=tuple(hiddens),
             cell=tuple(cells) if cells else None,
@@ -147,29 +178,80 @@ class Decoder(nn.Module):
             values=state.values,
             mask=state.mask,
         )
-        return context, weights, new_state
+        return readout_terms, new_state
 
-    def _logits(self, hidden: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
-        """Deep output: (..., hidden), (..., enc_size), (..., emb_size) -> (..., vocab)."""
-        readout = torch.tanh(self.readout(torch.cat([self.dropout(hidden), context, embedded], dim=-1)))
+    def _logits(self, hidden: Tensor, readout_terms: Tensor) -> Tensor:
+        """Deep output: (..., hidden), the readout's terms of c_i and E y_{i-1} (..., readout) -> (..., vocab)."""
+        readout = torch.tanh(self.readout_proj(self.dropout(hidden)) + readout_terms)
         logits: Tensor = self.output(self.dropout(readout))
         return logits
 
-    def forward(self, tgt_in: Tensor, state: DecoderState) -> Tensor:
-        """Teacher forcing. tgt_in: (batch, tgt_len) starting with <s> -> logits (batch, tgt_len, vocab)."""
-        embedded = self.emb_dropout(self.embedding(tgt_in))
-        hiddens, contexts = [], []
-        for embedded_t in embedded.unbind(1):  # unbind: slicing per step would cost a full-size backward each
-            context, _, state = self._advance(embedded_t, state)
+    def forward(self, tgt_in: Tensor, annotations: Tensor, summary: Tensor, mask: Tensor) -> Tensor:
+        """Teacher forcing. tgt_in: (batch, tgt_len) starting with <s>; the encoder's annotations (batch,
+        src_len, enc_size) and summary (batch, enc_size); mask (batch, src_len) -> logits (batch, tgt_len, vocab)."""
+        state = self.init_state(annotations, summary, mask, project=False)
+        embedded_terms = self.embedded_proj(self.emb_dropout(self.embedding(tgt_in)))  # every step at once
+        hiddens, readout_terms = [], []
+        for embedded_t in embedded_terms.unbind(1):  # unbind: slicing per step would cost a full-size backward each
+            context, _ = self.attention(state.hidden[-1], state.keys, state.values, state.mask)
+            terms, state = self._advance(embedded_t + self.context_proj(context), state)
             hiddens.append(state.hidden[-1])
-            contexts.append(context)
-        return self._logits(torch.stack(hiddens, dim=1), torch.stack(contexts, dim=1), embedded)
+            readout_terms.append(terms)
+        return self._logits(torch.stack(hiddens, dim=1), torch.stack(readout_terms, dim=1))
 
     def step(self, prev: Tensor, state: DecoderState) -> tuple[Tensor, Tensor, DecoderState]:
-        """One search step. prev: (batch,) previous pieces -> log-probs (batch, vocab), attention (batch, src_len)."""
-        embedded = self.embedding(prev)
-        context, weights, state = self._advance(embedded, state)
-        logits = self._logits(state.hidden[-1], context, embedded).float()
+        """One search step, from a state of `init_state`. prev: (batch,) previous pieces -> log-probs
+        (batch, vocab), attention (batch, src_len)."""
+        context_terms, weights = self.attention(state.hidden[-1], state.keys, state.values, state.mask)
+        readout_terms, state = self._advance(self.embedded_proj(self.embedding(prev)) + context_terms, state)
+        logits = self._logits(state.hidden[-1], readout_terms).float()
         logits[:, [PAD, BOS]] = float("-inf")  # never outputs
         log_probs = torch.log_softmax(logits, dim=-1)
         return log_probs, weights, state
+
+
+def _gru(input_gates: Tensor, recurrent_gates: Tensor, hidden: Tensor) -> Tensor:
+    """A GRU cell's new state from its two products, W x + b_W and U h + b_U, each (rows, 3 hidden) in
+    the order r, z, n: the equations of `nn.GRUCell` (Cho et al. 2014), whose weights these are."""
+    size = hidden.size(-1)
+    reset, update = torch.sigmoid(input_gates[:, : 2 * size] + recurrent_gates[:, : 2 * size]).chunk(2, dim=-1)
+    candidate = torch.tanh(input_gates[:, 2 * size :] + reset * recurrent_gates[:, 2 * size :])
+    return candidate + update * (hidden - candidate)  # (1 - z) n + z h
+
+
+def _lstm(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
+    """An LSTM cell's new hidden and cell states from W x + U h + b (rows, 4 hidden) in the order i, f,
+    g, o: the equations of `nn.LSTMCell`, whose weights these are."""
+    input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=-1)
+    cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(input_gate) * torch.tanh(candidate)
+    return torch.sigmoid(output_gate) * torch.tanh(cell), cell
+
+
+def upgrade_weights(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A model's weights in this decoder's layout, from either layout.
+
+    Models written before version 0.2 hold the first cell as `decoder.cells.0` (an `nn.GRUCell` or
+    `nn.LSTMCell` over [E y; c]) and the readout as one layer over [s; c; E y]; their columns are the
+    parts of `embedded_proj`, `context_proj`, `hidden_proj` and `readout_proj`, and their outputs are
+    unchanged.
+    """
+    if "decoder.cells.0.weight_ih" not in weights or "decoder.readout.weight" not in weights:
+        return weights
+    weights = dict(weights)
+    pop = weights.pop
+    input_weight, hidden_weight = pop("decoder.cells.0.weight_ih"), pop("decoder.cells.0.weight_hh")
+    readout_weight, readout_bias = pop("decoder.readout.weight"), pop("decoder.readout.bias")
+    emb_size, hidden_size = weights["decoder.embedding.weight"].size(1), hidden_weight.size(1)
+    enc_size = input_weight.size(1) - emb_size
+    input_embedded, input_context = input_weight.split([emb_size, enc_size], dim=1)
+    readout_state, readout_context, readout_embedded = readout_weight.split([hidden_size, enc_size, emb_size], dim=1)
+    weights["decoder.embedded_proj.weight"] = torch.cat([input_embedded, readout_embedded])
+    weights["decoder.embedded_proj.bias"] = torch.cat([pop("decoder.cells.0.bias_ih"), readout_bias])
+    weights["decoder.context_proj.weight"] = torch.cat([input_context, readout_context])
+    weights["decoder.hidden_proj.weight"] = hidden_weight
+    weights["decoder.hidden_proj.bias"] = pop("decoder.cells.0.bias_hh")
+    weights["decoder.readout_proj.weight"] = readout_state.contiguous()
+    for name in [name for name in weights if name.startswith("decoder.cells.")]:
+        layer, rest = name.removeprefix("decoder.cells.").split(".", 1)
+        weights[f"decoder.upper_cells.{int(layer) - 1}.{rest}"] = pop(name)
+    return weights

@@ -35,18 +35,23 @@ class Seq2Seq(nn.Module):
                 embedding.weight[PAD].zero_()
 
     def encode(self, src: Tensor, lengths: Tensor) -> DecoderState:
-        """src: (batch, src_len) padded piece ids, lengths: (batch,) -> the decoder's initial state."""
+        """src: (batch, src_len) padded piece ids, lengths: (batch,) -> the decoder's initial state for search."""
         annotations, summary = self.encoder(src, lengths)
-        mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < lengths.unsqueeze(1)
-        return self.decoder.init_state(annotations, summary, mask)
+        return self.decoder.init_state(annotations, summary, source_mask(src, lengths))
 
     def forward(self, src: Tensor, lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits (batch, tgt_len, vocab) for target inputs (batch, tgt_len)."""
-        logits: Tensor = self.decoder(tgt_in, self.encode(src, lengths))
+        annotations, summary = self.encoder(src, lengths)
+        logits: Tensor = self.decoder(tgt_in, annotations, summary, source_mask(src, lengths))
         return logits
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def source_mask(src: Tensor, lengths: Tensor) -> Tensor:
+    """(batch, src_len): True at real tokens, False at padding."""
+    return torch.arange(src.size(1), device=src.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
 def pad_batch(sequences: list[list[int]], *, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:

@@ -88,7 +88,7 @@ def test_weights_that_do_not_match_the_config_are_refused(model_dir: Path, tmp_p
 def test_weights_with_nan_are_refused(model_dir: Path, tmp_path: Path) -> None:
     broken = copy_of(model_dir, tmp_path)
     weights = {k: v.clone() for k, v in load_file(str(broken / "model.safetensors")).items()}
-    weights["decoder.readout.bias"][0] = float("nan")
+    weights["decoder.embedded_proj.bias"][0] = float("nan")
     save_file(weights, str(broken / "model.safetensors"))
     with pytest.raises(ModelDirError, match="NaN"):
         load_model_dir(broken)
@@ -155,7 +155,7 @@ def test_export_replaces_an_existing_directory_but_not_a_link(model_dir: Path, t
     out = tmp_path / "out"
     export_model_dir([model_dir], out)
     export_model_dir([model_dir], out, half=True)
-    assert load_file(str(out / "model.safetensors"))["decoder.readout.bias"].dtype == torch.float16
+    assert load_file(str(out / "model.safetensors"))["decoder.embedded_proj.bias"].dtype == torch.float16
     (tmp_path / "link").symlink_to(out)
     with pytest.raises(ModelDirError, match="is a link or a file"):
         export_model_dir([model_dir], tmp_path / "link")

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from mt.config import ModelConfig
+from mt.decoder import upgrade_weights
 from mt.model import Seq2Seq, pad_batch
 from mt.tokenizer import EOS, PAD
 
@@ -57,3 +59,56 @@ def test_search_steps_never_propose_padding_or_start_symbols() -> None:
     log_probs, _, _ = model.decoder.step(torch.tensor([2]), model.encode(src, lengths))
     assert log_probs[0, PAD] == float("-inf") and log_probs[0, 2] == float("-inf")
     assert torch.isclose(log_probs.exp().sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_weights_of_the_older_layout_load_and_the_decoder_computes_what_its_layers_did(cell: str, layers: int) -> None:
+    """Before 0.2 the decoder's first layer was an nn.GRUCell or nn.LSTMCell over [E y; c] and its readout
+    one linear layer over [s; c; E y]. Such weights load, and a step gives what those layers computed."""
+    model = tiny(cell, enc_layers=layers, dec_layers=layers)
+    emb, enc, hidden, readout = 8, 16, 12, 8
+    torch.manual_seed(1)
+    cell_type = nn.GRUCell if cell == "gru" else nn.LSTMCell
+    cells = [cell_type(emb + enc, hidden)] + [cell_type(hidden, hidden) for _ in range(1, layers)]
+    old_readout = nn.Linear(hidden + enc + emb, readout)
+    old = {name: w for name, w in model.state_dict().items() if name.split(".")[1] not in SPLIT_LAYERS}
+    old |= {f"decoder.cells.{i}.{name}": w for i, c in enumerate(cells) for name, w in c.state_dict().items()}
+    old |= {f"decoder.readout.{name}": w for name, w in old_readout.state_dict().items()}
+    model.load_state_dict(upgrade_weights(old))
+
+    src, lengths = pad_batch([[5, 6, 7, EOS], [8, EOS]])
+    prev = torch.tensor([9, 10])
+    log_probs, weights, state = model.decoder.step(prev, model.encode(src, lengths))
+
+    annotations, summary = model.encoder(src, lengths)
+    decoder = model.decoder
+    hiddens = torch.tanh(decoder.bridge(summary)).view(2, layers, hidden).unbind(1)
+    keys, mask = decoder.attention.project_keys(annotations), src != PAD
+    context, expected_weights = decoder.attention(hiddens[-1], keys, annotations, mask)
+    embedded = decoder.embedding(prev)
+    layer_input, new_hiddens = torch.cat([embedded, context], dim=-1), []
+    for c, h in zip(cells, hiddens, strict=True):
+        layer_input = c(layer_input, (h, h))[0] if cell == "lstm" else c(layer_input, h)  # an LSTM starts with c = h
+        new_hiddens.append(layer_input)
+    logits = decoder.output(torch.tanh(old_readout(torch.cat([layer_input, context, embedded], dim=-1))))
+    logits[:, [PAD, 2]] = float("-inf")
+    assert torch.allclose(weights, expected_weights)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(state.hidden, new_hiddens, strict=True))
+    assert torch.allclose(log_probs, torch.log_softmax(logits, dim=-1), atol=1e-5)
+
+
+SPLIT_LAYERS = {"embedded_proj", "context_proj", "hidden_proj", "readout_proj", "upper_cells"}
+
+
+def test_teacher_forcing_gives_the_log_probabilities_of_search_steps() -> None:
+    model = tiny("gru", dec_layers=2)
+    src, lengths = pad_batch([[5, 6, 7, EOS], [8, EOS]])
+    tgt_in = torch.tensor([[2, 9, 10], [2, 11, 12]])
+    logits = model(src, lengths, tgt_in)
+    logits[:, :, [PAD, 2]] = float("-inf")  # search never proposes <pad> or <s>
+    forced = torch.log_softmax(logits, dim=-1)
+    state = model.encode(src, lengths)
+    for t in range(3):
+        log_probs, _, state = model.decoder.step(tgt_in[:, t], state)
+        assert torch.allclose(log_probs, forced[:, t], atol=1e-5)

@@ -16,7 +16,7 @@ def test_int8_translator_quantizes_every_linear_layer_and_rnn_and_keeps_its_qual
     int8 = Translator.from_dir(models_dir / "src-tgt", device="cpu", int8=True)
     float_layers = [m for m in int8.model.modules() if type(m) in (nn.Linear, nn.GRU, nn.GRUCell, nn.LSTM, nn.LSTMCell)]
     assert float_layers == []
-    assert type(int8.model.decoder.readout).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    assert type(int8.model.decoder.readout_proj).__module__.startswith("torch.ao.nn.quantized.dynamic")
 
     rows = reverse_task(100, seed=21)
     sources, references = [row["src"] for row in rows], [row["tgt"] for row in rows]

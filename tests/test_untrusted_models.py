@@ -161,10 +161,10 @@ def test_weights_written_before_checksums_load_with_a_warning(broken: Path, capl
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (lambda t: t.long(), r"decoder\.readout\.bias is torch\.int64; weights are float32, float16 or bfloat16"),
-        (lambda t: t.to(torch.uint8), r"decoder\.readout\.bias is torch\.uint8"),
-        (lambda t: torch.full_like(t, float("nan")), r"decoder\.readout\.bias holds NaN or infinite values"),
-        (lambda t: torch.full_like(t, float("inf")), r"decoder\.readout\.bias holds NaN or infinite values"),
+        (lambda t: t.long(), r"decoder\.embedded_proj\.bias is torch\.int64; weights are float32, float16 or bfloat16"),
+        (lambda t: t.to(torch.uint8), r"decoder\.embedded_proj\.bias is torch\.uint8"),
+        (lambda t: torch.full_like(t, float("nan")), r"decoder\.embedded_proj\.bias holds NaN or infinite values"),
+        (lambda t: torch.full_like(t, float("inf")), r"decoder\.embedded_proj\.bias holds NaN or infinite values"),
     ],
     ids=["int64", "uint8", "nan", "inf"],
 )
@@ -172,7 +172,7 @@ def test_wrong_dtypes_and_non_finite_values_are_refused_even_with_a_valid_checks
     broken: Path, value: Callable[[torch.Tensor], torch.Tensor], expected: str
 ) -> None:
     weights = {name: tensor.clone() for name, tensor in load_file(str(broken / "model.safetensors")).items()}
-    weights["decoder.readout.bias"] = value(weights["decoder.readout.bias"])
+    weights["decoder.embedded_proj.bias"] = value(weights["decoder.embedded_proj.bias"])
     save_tensors(weights, broken / "model.safetensors")
     message = refusal(broken)
     assert "model.safetensors" in message

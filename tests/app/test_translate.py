@@ -73,8 +73,10 @@ def test_alignments_give_pieces_and_attention_rows(client: TestClient) -> None:
 
 def test_empty_text_translates_to_empty_text(client: TestClient) -> None:
     assert client.post("/translate", json={"q": "", "source": "src", "target": "tgt"}).json() == {"translatedText": ""}
-    both = client.post("/translate", json={"q": ["", "alpha", "  "], "source": "src", "target": "tgt"}).json()
-    assert both["translatedText"] == ["", "ALPHA", ""]
+    both = client.post(
+        "/translate", json={"q": ["", "alpha bravo golf", "  "], "source": "src", "target": "tgt"}
+    ).json()
+    assert both["translatedText"] == ["", "GOLF BRAVO ALPHA", ""]
 
 
 def test_unknown_language_pair_is_400_listing_the_available_pairs(client: TestClient) -> None:
