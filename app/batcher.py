@@ -1,5 +1,5 @@
 """Micro-batching: sentences from concurrent requests to one model are gathered for a few
-milliseconds (or until a batch is full) and decoded together on a worker thread, so the event loop
+milliseconds (or until a batch is full) and decoded together on the torch thread, so the event loop
 stays free and throughput under concurrency is that of batch translation. Each request gets exactly
 its own translations back, in order.
 
@@ -17,9 +17,9 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from app.torch_thread import TORCH_THREAD
 from mt.config import DecodeConfig
 from mt.search import SearchTimeout
 from mt.translator import Translation, Translator
@@ -58,7 +58,6 @@ class Batcher:
         self._on_batch = on_batch
         self._queued = 0  # sentences waiting, not yet decoding
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -87,7 +86,6 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._executor.shutdown(wait=True)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -133,7 +131,7 @@ class Batcher:
             texts = [text for job in group for text in job.texts]
             translate = functools.partial(self._translator.translate, deadline=max(job.deadline for job in group))
             try:
-                results = await loop.run_in_executor(self._executor, translate, texts, group[0].decode)
+                results = await loop.run_in_executor(TORCH_THREAD, translate, texts, group[0].decode)
             except SearchTimeout as error:  # a pathological batch: the worker is free again
                 log.warning("decoding %d sentences ran past the time budget", len(texts))
                 _fail(group, error)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +24,7 @@ from app.registry import ServedModel, load_models
 from app.routes import health, languages, translate, web
 from app.service import Service
 from app.settings import Settings
+from app.torch_thread import TORCH_THREAD
 from mt.translator import resolve_device
 
 log = logging.getLogger("app")
@@ -36,7 +39,9 @@ def create_app(settings: Settings | None = None, models: dict[tuple[str, str], S
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal models
-        models = models if models is not None else load_models(settings.models_dir, settings.device, int8=settings.int8)
+        if models is None:
+            load = functools.partial(load_models, settings.models_dir, settings.device, int8=settings.int8)
+            models = await asyncio.get_running_loop().run_in_executor(TORCH_THREAD, load)
         batchers = {
             pair: Batcher(
                 model.translator,

@@ -162,6 +162,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.main import create_app
     from app.registry import ModelsError, load_models
     from app.settings import Settings
+    from app.torch_thread import TORCH_THREAD
 
     flags = {
         "host": args.host,
@@ -176,7 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings(**{key: value for key, value in flags.items() if value is not None})
     logging.getLogger("app").setLevel(logging.INFO)
     try:  # before the server starts, so that a bad models folder is one clear line, not a traceback
-        models = load_models(settings.models_dir, settings.device, int8=settings.int8)
+        models = TORCH_THREAD.submit(load_models, settings.models_dir, settings.device, int8=settings.int8).result()
     except ModelsError as error:
         print(f"mt serve: error: {error}", file=sys.stderr)
         return 2
