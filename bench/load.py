@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import aiohttp
 from machine import cpu_seconds, describe, rss_mib
 
 
@@ -74,24 +74,26 @@ def batch_stats(url: str) -> tuple[float, float]:
 
 
 async def client(
-    http: httpx.AsyncClient, url: str, body: dict[str, str], sentences: list[str], stop: StopAt, tally: Tally
+    http: aiohttp.ClientSession, url: str, body: dict[str, str], sentences: list[str], stop: StopAt, tally: Tally
 ) -> None:
     index = 0
     while stop.more():
         index += 1
         start = time.perf_counter()
         try:
-            response = await http.post(f"{url}/translate", json={**body, "q": sentences[index % len(sentences)]})
-        except httpx.HTTPError as error:
+            async with http.post(f"{url}/translate", json={**body, "q": sentences[index % len(sentences)]}) as response:
+                answer = await response.json(content_type=None)
+                status, retry_after = response.status, response.headers.get("Retry-After")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
             tally.errors[type(error).__name__] += 1
             continue
-        if response.status_code == 200 and "translatedText" in response.json():
+        if status == 200 and "translatedText" in answer:
             tally.latencies.append(time.perf_counter() - start)
-        elif response.status_code in (429, 503) and "Retry-After" in response.headers:
+        elif status in (429, 503) and retry_after is not None:
             tally.shed += 1
-            await asyncio.sleep(float(response.headers["Retry-After"]))
+            await asyncio.sleep(float(retry_after))
         else:
-            tally.errors[f"HTTP {response.status_code}"] += 1
+            tally.errors[f"HTTP {status}"] += 1
 
 
 class StopAt:
@@ -110,8 +112,8 @@ class StopAt:
 
 async def run(url: str, clients: int, body: dict[str, str], sentences: list[str], stop: StopAt) -> Tally:
     tally = Tally()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+    connector = aiohttp.TCPConnector(limit=clients)  # one keep-alive connection per client
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as http:
         await asyncio.gather(*(client(http, url, body, sentences, stop, tally) for _ in range(clients)))
     return tally
 
