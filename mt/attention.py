@@ -35,7 +35,7 @@ class AdditiveAttention(nn.Module):
         """
         batch = keys.size(0)
         projected = self.query_layer(query).view(batch, -1, 1, keys.size(-1))  # (batch, group, 1, attn_size)
-        energies = self.energy_layer(torch.tanh(keys.unsqueeze(1) + projected)).squeeze(-1)  # (batch, group, src_len)
+        energies = self.energy_layer((keys.unsqueeze(1) + projected).tanh_()).squeeze(-1)  # (batch, group, src_len)
         energies = energies.masked_fill(~mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(energies, dim=-1)
         context = torch.bmm(weights, values)  # (batch, group, key_size)
