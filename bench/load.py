@@ -156,11 +156,8 @@ def main() -> None:
         print(header)
         for clients in args.clients:
             batches, in_batches = batch_stats(url)
-            start, server_cpu, client_cpu = (
-                time.perf_counter(),
-                cpu_seconds(process.pid) if process else 0,
-                time.process_time(),
-            )
+            start, client_cpu = time.perf_counter(), time.process_time()
+            server_cpu = cpu_seconds(process.pid) if process else 0.0
             tally = asyncio.run(run(url, clients, body, sentences, StopAt(seconds, args.requests)))
             elapsed = time.perf_counter() - start
             client_cpu = (time.process_time() - client_cpu) / elapsed  # cores busy on average

@@ -29,14 +29,14 @@ class AdditiveAttention(nn.Module):
         query: (batch * group, query_size)  the decoder states s_{i-1}: `group` consecutive rows per
                                             sentence (the beams of beam search; 1 in training and greedy)
         keys: (batch, src_len, attn_size)   from `project_keys`, once per sentence, shared by its rows
-        values: (batch, src_len, key_size)  the encoder states h_j
+        values: (batch, src_len, size)      what is weighed: the encoder states h_j, or a linear map of them
         mask: (batch, src_len), True at real tokens, False at padding
-        Returns the context (batch * group, key_size) and the attention weights (batch * group, src_len).
+        Returns the weighted values (batch * group, size) and the attention weights (batch * group, src_len).
         """
         batch = keys.size(0)
         projected = self.query_layer(query).view(batch, -1, 1, keys.size(-1))  # (batch, group, 1, attn_size)
         energies = self.energy_layer((keys.unsqueeze(1) + projected).tanh_()).squeeze(-1)  # (batch, group, src_len)
         energies = energies.masked_fill(~mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(energies, dim=-1)
-        context = torch.bmm(weights, values)  # (batch, group, key_size)
+        context = torch.bmm(weights, values)  # (batch, group, size)
         return context.flatten(0, 1), weights.flatten(0, 1)

@@ -167,10 +167,10 @@ class Decoder(nn.Module):
             layer_input = self.dropout(hiddens[-1])
             if state.cell is not None:
                 hidden, cell = upper_cell(layer_input, (state.hidden[layer], state.cell[layer]))
-                hiddens.append(hidden)
                 cells.append(cell)
             else:
-                hiddens.append(upper_cell(layer_input, state.hidden[layer]))
+                hidden = upper_cell(layer_input, state.hidden[layer])
+            hiddens.append(hidden)
         new_state = DecoderState(
             hidden=tuple(hiddens),
             cell=tuple(cells) if cells else None,
@@ -230,10 +230,10 @@ def _lstm(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
 def upgrade_weights(weights: dict[str, Tensor]) -> dict[str, Tensor]:
     """A model's weights in this decoder's layout, from either layout.
 
-    Models written before version 0.2 hold the first cell as `decoder.cells.0` (an `nn.GRUCell` or
-    `nn.LSTMCell` over [E y; c]) and the readout as one layer over [s; c; E y]; their columns are the
-    parts of `embedded_proj`, `context_proj`, `hidden_proj` and `readout_proj`, and their outputs are
-    unchanged.
+    Models written before the first layer was split (both shipped models among them) hold the first
+    cell as `decoder.cells.0` (an `nn.GRUCell` or `nn.LSTMCell` over [E y; c]) and the readout as one
+    layer over [s; c; E y]; their columns are the parts of `embedded_proj`, `context_proj`,
+    `hidden_proj` and `readout_proj`, and their outputs are unchanged.
     """
     if "decoder.cells.0.weight_ih" not in weights or "decoder.readout.weight" not in weights:
         return weights

@@ -7,7 +7,7 @@ from torch import nn
 from mt.config import ModelConfig
 from mt.decoder import upgrade_weights
 from mt.model import Seq2Seq, pad_batch
-from mt.tokenizer import EOS, PAD
+from mt.tokenizer import BOS, EOS, PAD
 
 
 def tiny(cell: str = "gru", **overrides: object) -> Seq2Seq:
@@ -92,7 +92,7 @@ def test_weights_of_the_older_layout_load_and_the_decoder_computes_what_its_laye
         layer_input = c(layer_input, (h, h))[0] if cell == "lstm" else c(layer_input, h)  # an LSTM starts with c = h
         new_hiddens.append(layer_input)
     logits = decoder.output(torch.tanh(old_readout(torch.cat([layer_input, context, embedded], dim=-1))))
-    logits[:, [PAD, 2]] = float("-inf")
+    logits[:, [PAD, BOS]] = float("-inf")
     assert torch.allclose(weights, expected_weights)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(state.hidden, new_hiddens, strict=True))
     assert torch.allclose(log_probs, torch.log_softmax(logits, dim=-1), atol=1e-5)
@@ -106,7 +106,7 @@ def test_teacher_forcing_gives_the_log_probabilities_of_search_steps() -> None:
     src, lengths = pad_batch([[5, 6, 7, EOS], [8, EOS]])
     tgt_in = torch.tensor([[2, 9, 10], [2, 11, 12]])
     logits = model(src, lengths, tgt_in)
-    logits[:, :, [PAD, 2]] = float("-inf")  # search never proposes <pad> or <s>
+    logits[:, :, [PAD, BOS]] = float("-inf")  # search never proposes <pad> or <s>
     forced = torch.log_softmax(logits, dim=-1)
     state = model.encode(src, lengths)
     for t in range(3):
