@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from mt.attention import AdditiveAttention
 from mt.config import Cell, ModelConfig
+from mt.dropout import Dropout
 from mt.tokenizer import BOS, PAD
 
 
@@ -102,8 +103,8 @@ class Decoder(nn.Module):
         self.output = nn.Linear(self.readout_size, vocab_size, bias=False)
         if tie_embeddings:
             self.output.weight = self.embedding.weight
-        self.emb_dropout = nn.Dropout(emb_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.emb_dropout = Dropout(emb_dropout)
+        self.dropout = Dropout(dropout)
         self._init_split_layers()
 
     def _init_split_layers(self) -> None:

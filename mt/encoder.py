@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mt.config import Cell, ModelConfig
+from mt.dropout import Dropout
 from mt.tokenizer import PAD
 
 
@@ -34,8 +35,8 @@ class Encoder(nn.Module):
             bidirectional=True,
             dropout=dropout if num_layers > 1 else 0.0,
         )
-        self.emb_dropout = nn.Dropout(emb_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.emb_dropout = Dropout(emb_dropout)
+        self.dropout = Dropout(dropout)
         self.output_size = 2 * hidden_size
 
     @classmethod
