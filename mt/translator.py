@@ -116,8 +116,9 @@ class Translator:
         return [r for r in results if r is not None]
 
     def _search(self, sources: list[list[int]], decode: DecodeConfig, deadline: float | None) -> list[list[Hypothesis]]:
-        was_training = self.model.training
-        self.model.eval()
+        was_training = self.model.training  # validation during training translates with this model
+        if was_training:  # eval() and train() walk every module: not on each request of a server
+            self.model.eval()
         try:
             with torch.inference_mode():
                 src, lengths = pad_batch(sources, device=self.device)
@@ -145,7 +146,8 @@ class Translator:
                     deadline=deadline,
                 )
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()
 
     def _translation(self, source: list[int], hypotheses: list[Hypothesis]) -> Translation:
         source_pieces = self.src_tokenizer.pieces(source[:-1]) + ["</s>"]
