@@ -3,6 +3,7 @@
     python bench/translate_speed.py                          # models/de-en on Multi30k test
     python bench/translate_speed.py --model models/en-de --source en --target de
     python bench/translate_speed.py --repeats 1 --limit 200  # a quick look
+    python bench/translate_speed.py --random-batches 16 32   # also batches as a server forms them
 
 Batch: the whole test set (1000 sentences) through `Translator.translate`, greedy and beam 5, fp32 and
 int8; sentences/s is the median of --repeats runs, with sacreBLEU beside each. Latency: one typical
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 from pathlib import Path
@@ -40,6 +42,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N sentences (0 = all)")
     parser.add_argument("--batch-size", type=int, default=0, help="sentences decoded together (0 = model default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--random-batches",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="N",
+        help="also fp32 beam 5 in batches of N sentences in random order, the batches a server forms",
+    )
     args = parser.parse_args()
 
     rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -79,6 +89,26 @@ def main() -> None:
                 f"{search:8} {statistics.median(rates):12.1f} {bleu:6.2f} "
                 f"{percentile(latencies, 50):7.1f} {percentile(latencies, 95):7.1f}"
             )
+    if args.random_batches:
+        random_batches(Translator.from_dir(args.model, device=args.device), sources, args.random_batches, args.repeats)
+
+
+def random_batches(translator: Translator, sources: list[str], sizes: list[int], repeats: int) -> None:
+    """Sentences/s of beam 5 over `sources` shuffled and cut into batches of each size: what batch
+    translation gives a server whose batches hold that many sentences of random lengths."""
+    decode = DecodeConfig(**{**vars(translator.decode), "beam_size": 5, "n_best": 1})
+    order = sources[:]
+    random.Random(0).shuffle(order)
+    print("\nfp32 beam 5, batches of random sentences (as a server forms them)")
+    print(f"{'batch':>8} {'sentences/s':>12}")
+    for size in sizes:
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for first in range(0, len(order), size):
+                translator.translate(order[first : first + size], decode)
+            rates.append(len(order) / (time.perf_counter() - start))
+        print(f"{size:8} {statistics.median(rates):12.1f}")
 
 
 if __name__ == "__main__":
