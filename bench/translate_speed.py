@@ -13,6 +13,7 @@ sentence (the test sentence closest to 12 words), translated alone --latency-run
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import statistics
@@ -23,7 +24,6 @@ import sacrebleu
 import torch
 from machine import describe
 
-from mt.config import DecodeConfig
 from mt.translator import Translator
 
 
@@ -67,7 +67,7 @@ def main() -> None:
         print(f"\n{'int8' if int8 else 'fp32'}")
         print(f"{'search':8} {'sentences/s':>12} {'BLEU':>6} {'p50 ms':>7} {'p95 ms':>7}")
         for beam_size in (1, 5):
-            decode = DecodeConfig(**{**vars(translator.decode), "beam_size": beam_size, "n_best": 1})
+            decode = dataclasses.replace(translator.decode, beam_size=beam_size, n_best=1)
             if args.batch_size:
                 decode.batch_size = args.batch_size
             translator.translate(sources[:64], decode)  # warm-up
@@ -89,14 +89,14 @@ def main() -> None:
                 f"{search:8} {statistics.median(rates):12.1f} {bleu:6.2f} "
                 f"{percentile(latencies, 50):7.1f} {percentile(latencies, 95):7.1f}"
             )
-    if args.random_batches:
-        random_batches(Translator.from_dir(args.model, device=args.device), sources, args.random_batches, args.repeats)
+        if args.random_batches and not int8:
+            random_batches(translator, sources, args.random_batches, args.repeats)
 
 
 def random_batches(translator: Translator, sources: list[str], sizes: list[int], repeats: int) -> None:
     """Sentences/s of beam 5 over `sources` shuffled and cut into batches of each size: what batch
     translation gives a server whose batches hold that many sentences of random lengths."""
-    decode = DecodeConfig(**{**vars(translator.decode), "beam_size": 5, "n_best": 1})
+    decode = dataclasses.replace(translator.decode, beam_size=5, n_best=1)
     order = sources[:]
     random.Random(0).shuffle(order)
     print("\nfp32 beam 5, batches of random sentences (as a server forms them)")

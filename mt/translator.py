@@ -108,46 +108,46 @@ class Translator:
         sources = [ids + [EOS] for ids in self.src_tokenizer.encode([t.strip() for t in texts])]
         results: list[Translation | None] = [None] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: len(sources[i]))
-        for start in range(0, len(order), decode.batch_size):
-            chunk = order[start : start + decode.batch_size]
-            found = self._search([sources[i] for i in chunk], decode, deadline)
-            for index, hypotheses in zip(chunk, found, strict=True):
-                results[index] = self._translation(sources[index], hypotheses)
-        return [r for r in results if r is not None]
-
-    def _search(self, sources: list[list[int]], decode: DecodeConfig, deadline: float | None) -> list[list[Hypothesis]]:
         was_training = self.model.training  # validation during training translates with this model
         if was_training:  # eval() and train() walk every module: not on each request of a server
             self.model.eval()
         try:
-            with torch.inference_mode():
-                src, lengths = pad_batch(sources, device=self.device)
-                state = self.model.encode(src, lengths)
-                max_lengths = (lengths.float() * decode.max_len_a + decode.max_len_b).floor().long()
-                if decode.beam_size == 1:
-                    return greedy_search(
-                        self.model.decoder.step,
-                        state,
-                        max_lengths=max_lengths,
-                        bos=BOS,
-                        eos=EOS,
-                        length_penalty_alpha=decode.length_penalty,
-                        deadline=deadline,
-                    )
-                return beam_search(
-                    self.model.decoder.step,
-                    state,
-                    max_lengths=max_lengths,
-                    beam_size=decode.beam_size,
-                    bos=BOS,
-                    eos=EOS,
-                    length_penalty_alpha=decode.length_penalty,
-                    n_best=decode.n_best,
-                    deadline=deadline,
-                )
+            for start in range(0, len(order), decode.batch_size):
+                chunk = order[start : start + decode.batch_size]
+                found = self._search([sources[i] for i in chunk], decode, deadline)
+                for index, hypotheses in zip(chunk, found, strict=True):
+                    results[index] = self._translation(sources[index], hypotheses)
         finally:
             if was_training:
                 self.model.train()
+        return [r for r in results if r is not None]
+
+    def _search(self, sources: list[list[int]], decode: DecodeConfig, deadline: float | None) -> list[list[Hypothesis]]:
+        with torch.inference_mode():
+            src, lengths = pad_batch(sources, device=self.device)
+            state = self.model.encode(src, lengths)
+            max_lengths = (lengths.float() * decode.max_len_a + decode.max_len_b).floor().long()
+            if decode.beam_size == 1:
+                return greedy_search(
+                    self.model.decoder.step,
+                    state,
+                    max_lengths=max_lengths,
+                    bos=BOS,
+                    eos=EOS,
+                    length_penalty_alpha=decode.length_penalty,
+                    deadline=deadline,
+                )
+            return beam_search(
+                self.model.decoder.step,
+                state,
+                max_lengths=max_lengths,
+                beam_size=decode.beam_size,
+                bos=BOS,
+                eos=EOS,
+                length_penalty_alpha=decode.length_penalty,
+                n_best=decode.n_best,
+                deadline=deadline,
+            )
 
     def _translation(self, source: list[int], hypotheses: list[Hypothesis]) -> Translation:
         source_pieces = self.src_tokenizer.pieces(source[:-1]) + ["</s>"]
