@@ -8,12 +8,14 @@ the sentences still being decoded.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -115,6 +117,43 @@ def _check_deadline(deadline: float | None) -> None:
         raise SearchTimeout("search ran past its deadline")
 
 
+def best_continuations(beam_scores: Tensor, log_probs: Tensor, count: int, chunk: int = 0) -> tuple[Tensor, Tensor]:
+    """The `count` best continuations of each sentence's k beams, best first: their scores (beam score
+    plus the piece's log-probability) and ids beam * vocab + piece, both (sentences, count).
+
+    beam_scores: (sentences, k); log_probs: (sentences * k, vocab).
+    The same as one topk over each sentence's k * vocab sums, at a third of its cost for a 6k vocabulary:
+    each beam's vocabulary is cut into chunks, and a piece among the `count` best lies in one of the
+    `count` chunks with the best maxima (a chunk outside them has `count` better pieces, their maxima).
+    So only the maxima and those chunks are summed and ranked. `chunk` 0 picks a size; 1 ranks every piece.
+    """
+    sentences, k = beam_scores.shape
+    vocab = log_probs.size(1)
+    chunk = chunk or _chunk_size(vocab)
+    if k * -(-vocab // chunk) < count:  # too few chunks to hold `count` pieces: rank every piece
+        chunk = 1
+    if vocab % chunk:  # pad the last chunk with pieces that are never chosen over a real one
+        log_probs = F.pad(log_probs, (0, chunk - vocab % chunk), value=float("-inf"))
+    chunks = log_probs.size(1) // chunk  # per beam
+    pieces = log_probs.view(sentences * k * chunks, chunk)
+    maxima = pieces.amax(dim=1).view(sentences, k, chunks) + beam_scores.unsqueeze(2)
+    _, best_chunks = maxima.view(sentences, k * chunks).topk(count, dim=1)  # ids beam * chunks + chunk
+    offsets = torch.arange(sentences, device=log_probs.device).unsqueeze(1) * (k * chunks)
+    picked = pieces.index_select(0, (best_chunks + offsets).view(-1)).view(sentences, count, chunk)
+    sums = picked + beam_scores.gather(1, best_chunks // chunks).unsqueeze(2)
+    scores, best = sums.view(sentences, count * chunk).topk(count, dim=1)
+    beam_chunk = best_chunks.gather(1, best // chunk)
+    piece = (beam_chunk % chunks) * chunk + best % chunk
+    return scores, (beam_chunk // chunks) * vocab + piece.clamp(max=vocab - 1)  # a padding piece only ties -inf
+
+
+def _chunk_size(vocab: int) -> int:
+    """About the square root of the vocabulary, a divisor of it if one is near: for 6k pieces, chunks of
+    100 to 300 measured alike and 2.5-4x faster than one topk (64 sentences x 5 beams, 2 threads)."""
+    size = max(1, round(2 * math.sqrt(vocab)))
+    return next((c for c in range(size, size // 2, -1) if vocab % c == 0), size)
+
+
 @torch.inference_mode()
 def greedy_search(
     step: StepFn[StateT],
@@ -212,8 +251,7 @@ def beam_search(
             log_probs = torch.where(at_limit.unsqueeze(1), forced + log_probs, log_probs)
 
         n = sentences.size(0)
-        candidates = (beam_scores.view(-1, 1) + log_probs).view(n, k * vocab)
-        top_scores, top_ids = candidates.topk(2 * k, dim=1)  # (n, 2k)
+        top_scores, top_ids = best_continuations(beam_scores, log_probs, 2 * k)  # (n, 2k)
         origin = top_ids // vocab + torch.arange(n, device=device).unsqueeze(1) * k  # row each continues
         token = top_ids % vocab
         is_eos = token == eos

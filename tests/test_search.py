@@ -11,7 +11,7 @@ from torch import Tensor
 
 from mt.config import ModelConfig
 from mt.model import Seq2Seq, pad_batch
-from mt.search import SearchTimeout, beam_search, greedy_search, length_penalty
+from mt.search import SearchTimeout, beam_search, best_continuations, greedy_search, length_penalty
 from mt.tokenizer import BOS, EOS
 
 A, B, C = 4, 5, 6  # tokens of the hand-made distributions; 0-3 are the special pieces
@@ -109,7 +109,7 @@ def test_n_best_lists_are_distinct_and_ordered_by_score() -> None:
 
 
 def test_eos_is_forced_at_the_max_length() -> None:
-    never_ends = {(A,) * n: {A: 1.0} for n in range(20)}
+    never_ends = {(A,) * n: {A: 1.0, EOS: 1e-12} for n in range(20)}  # </s> below the other pieces: no ties
     for search in ("greedy", "beam"):
         if search == "greedy":
             [[hyp]] = greedy_search(table_step(never_ends), start(), max_lengths=torch.tensor([4]), bos=BOS, eos=EOS)
@@ -122,7 +122,7 @@ def test_eos_is_forced_at_the_max_length() -> None:
 
 
 def test_each_sentence_of_a_batch_stops_at_its_own_max_length() -> None:
-    never_ends = {(A,) * n: {A: 1.0} for n in range(20)}
+    never_ends = {(A,) * n: {A: 1.0, EOS: 1e-12} for n in range(20)}  # </s> below the other pieces: no ties
     results = beam_search(
         table_step(never_ends), start(3), max_lengths=torch.tensor([2, 5, 3]), beam_size=2, bos=BOS, eos=EOS
     )
@@ -234,3 +234,22 @@ def test_greedy_and_beam_stop_at_a_deadline_in_the_past() -> None:
         greedy_search(trail_step, start, max_lengths=lengths, bos=BOS, eos=EOS, deadline=past)
     with pytest.raises(SearchTimeout):
         beam_search(trail_step, start, max_lengths=lengths, beam_size=2, bos=BOS, eos=EOS, deadline=past)
+
+
+@pytest.mark.parametrize(("vocab", "chunk"), [(6000, 0), (6000, 64), (997, 0), (997, 10), (8, 0), (8, 3), (3, 0)])
+def test_best_continuations_equal_one_topk_over_every_beam_and_piece(vocab: int, chunk: int) -> None:
+    generator = torch.Generator().manual_seed(vocab + chunk)
+    sentences, k = 7, 3
+    log_probs = torch.log_softmax(3 * torch.randn(sentences * k, vocab, generator=generator), dim=-1)
+    log_probs[4, :] = float("-inf")  # a beam with nothing left, as at the first step
+    log_probs[k : 2 * k, 1:] = float("-inf")  # a sentence at its max length: only one piece per beam
+    beam_scores = torch.randn(sentences, k, generator=generator)
+    count = min(2 * k, k * vocab)
+
+    scores, ids = best_continuations(beam_scores, log_probs, count, chunk)
+
+    expected_scores, expected_ids = (beam_scores.view(-1, 1) + log_probs).view(sentences, k * vocab).topk(count, dim=1)
+    assert torch.equal(scores, expected_scores)
+    finite = expected_scores > float("-inf")  # among equal -inf scores either id is as good
+    assert torch.equal(ids[finite], expected_ids[finite])
+    assert bool((ids >= 0).all()) and bool((ids < k * vocab).all())
