@@ -52,12 +52,24 @@ def resolve_device(name: str) -> torch.device:
 
 def quantize_int8(model: Seq2Seq) -> Seq2Seq:
     """Dynamic int8 quantization of the linear layers and RNNs for CPU inference: weights are stored
-    in int8, activations quantized on the fly per batch. Embeddings and attention scores stay fp32."""
+    in int8, activations quantized on the fly per batch. Embeddings and attention scores stay fp32.
+
+    Linear layers get a scale per output row, as they are in Marian's and CTranslate2's int8. The
+    attention's energy layer v stays fp32: it maps each (hypothesis, source position) to one number,
+    and in int8 it quantized a (rows, src_len, attn_size) activation for a matrix-vector product at
+    every step, 12% of int8 beam search (Multi30k test in random batches of 16, 2 cores). On Multi30k
+    validation (models/de-en, beam 5) this keeps 91.2% of translations identical to fp32's, against
+    90.3% with one scale per layer and v in int8.
+    """
+    spec: dict[type[nn.Module] | str, object] = {
+        nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig,
+        "decoder.attention.energy_layer": None,
+    }
+    for recurrent in (nn.GRU, nn.LSTM, nn.GRUCell, nn.LSTMCell):
+        spec[recurrent] = torch.ao.quantization.default_dynamic_qconfig
     with warnings.catch_warnings():  # torch.ao's eager-mode API is deprecated in favour of torchao, which
         warnings.simplefilter("ignore")  # has no int8 GRU/LSTM cells; it still works in the torch we pin
-        quantized = torch.ao.quantization.quantize_dynamic(
-            model.float().eval(), {nn.Linear, nn.GRU, nn.LSTM, nn.GRUCell, nn.LSTMCell}, dtype=torch.qint8
-        )
+        quantized = torch.ao.quantization.quantize_dynamic(model.float().eval(), spec, dtype=torch.qint8)
     assert isinstance(quantized, Seq2Seq)
     return quantized
 

@@ -220,4 +220,5 @@ def test_an_int8_server_translates(models_dir: Path) -> None:
         assert response.status_code == 200
         assert response.json()["translatedText"]
         translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
-        assert not any(type(m) is nn.Linear for m in translator.model.modules())
+        fp32 = [name for name, m in translator.model.named_modules() if type(m) is nn.Linear]
+        assert fp32 == ["decoder.attention.energy_layer"]  # the one layer int8 would slow down
