@@ -9,6 +9,12 @@ It starts the server itself (so it can read its memory) unless given --url. For 
 prints requests/s, p50/p95/p99 latency, the batch sizes the server formed (from /metrics), answers
 shed with 503/429 (each must carry Retry-After), and errors: anything else that is not a 200, or a
 connection failure. The server's resident memory is printed at start, after warm-up and at the end.
+
+With --offline it also translates the whole file at once in this process, while the server is idle,
+before each client count and after the last: the offline batch rate of the same model and settings,
+measured in the same minutes as the load (this machine's speed drifts by 20% within half an hour).
+Each client count's requests/s is then also given as a share of the mean of the offline rates
+measured just before and just after it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from pathlib import Path
 
 import aiohttp
 from machine import cpu_seconds, describe, rss_mib
+
+from mt.translator import Translator
 
 
 @dataclass
@@ -118,6 +126,13 @@ async def run(url: str, clients: int, body: dict[str, str], sentences: list[str]
     return tally
 
 
+def offline_rate(translator: Translator, sentences: list[str]) -> float:
+    """Sentences/s translating all of `sentences` at once, with the model's own decoding settings."""
+    start = time.perf_counter()
+    translator.translate(sentences)
+    return len(sentences) / (time.perf_counter() - start)
+
+
 def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -133,6 +148,9 @@ def main() -> None:
     parser.add_argument("--source", default="de")
     parser.add_argument("--target", default="en")
     parser.add_argument("--data", default="../shared/data/multi30k/test.jsonl", help="sentences to send")
+    parser.add_argument(
+        "--offline", action="store_true", help="also the offline batch rate of the same sentences, around each run"
+    )
     args = parser.parse_args()
     seconds = args.seconds or (0 if args.requests else 60)
 
@@ -149,11 +167,17 @@ def main() -> None:
         if process:
             warm = rss_mib(process.pid)
             print(f"server memory after 200 warm-up requests: {warm:.0f} MiB")
+        offline = None
+        if args.offline:
+            offline = Translator.from_dir(Path(args.models) / f"{args.source}-{args.target}", device="cpu")
+            offline.translate(sentences[:64])  # warm-up
+            rate = offline_rate(offline, sentences)
+            print(f"offline: {rate:.1f} sentences/s, {len(sentences)} sentences at once")
         header = (
             "clients  requests  req/s   p50 ms  p95 ms  p99 ms  mean batch  server MiB  server CPU  client CPU  "
             "shed  errors"
         )
-        print(header)
+        print(header + ("  offline/s  share" if offline else ""))
         for clients in args.clients:
             batches, in_batches = batch_stats(url)
             start, client_cpu = time.perf_counter(), time.process_time()
@@ -164,13 +188,18 @@ def main() -> None:
             server_cpu = (cpu_seconds(process.pid) - server_cpu) / elapsed if process else float("nan")
             batches, in_batches = (a - b for a, b in zip(batch_stats(url), (batches, in_batches), strict=True))
             ok = tally.latencies or [float("nan")]
+            share = ""
+            if offline:
+                before, rate = rate, offline_rate(offline, sentences)
+                reference = (before + rate) / 2
+                share = f"  {reference:9.1f}  {len(tally.latencies) / elapsed / reference:5.0%}"
             print(
                 f"{clients:7d}  {len(tally.latencies):8d}  {len(tally.latencies) / elapsed:5.1f}  "
                 f"{percentile(ok, 50) * 1000:7.0f} {percentile(ok, 95) * 1000:7.0f} {percentile(ok, 99) * 1000:7.0f}  "
                 f"{in_batches / batches if batches else 0:10.1f}  {rss_mib(process.pid) if process else 0:10.0f}  "
                 f"{server_cpu:10.2f}  {client_cpu:10.2f}  "
                 f"{tally.shed:4d}  "
-                f"{sum(tally.errors.values()):6d}{' ' + str(dict(tally.errors)) if tally.errors else ''}"
+                f"{sum(tally.errors.values()):6d}{' ' + str(dict(tally.errors)) if tally.errors else ''}{share}"
             )
         if process:
             end = rss_mib(process.pid)
