@@ -22,7 +22,9 @@ def test_int8_translator_quantizes_every_linear_layer_and_rnn_and_keeps_its_qual
     ]
     assert float_layers == ["decoder.attention.energy_layer"]  # a matrix-vector product: faster in fp32
     assert type(int8.model.decoder.readout_proj).__module__.startswith("torch.ao.nn.quantized.dynamic")
-    assert int8.model.decoder.output.weight().qscheme() == torch.per_channel_affine
+    output = int8.model.decoder.output
+    assert isinstance(output, torch.ao.nn.quantized.dynamic.Linear)
+    assert output.weight().qscheme() == torch.per_channel_affine  # a scale per output row
 
     rows = reverse_task(100, seed=21)
     sources, references = [row["src"] for row in rows], [row["tgt"] for row in rows]
