@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import sacrebleu
 import torch
 from torch import nn
 
+from mt.checkpoint import load_model_dir
 from mt.config import DecodeConfig
 from mt.translator import Translator
 
@@ -35,3 +37,23 @@ def test_int8_translator_quantizes_every_linear_layer_and_rnn_and_keeps_its_qual
     }
     assert bleu["fp32"] > 60  # the tiny model has learned the task: the comparison means something
     assert bleu["int8"] > bleu["fp32"] - 5
+
+
+def test_a_cpu_translator_holds_its_weights_transposed_and_translates_as_the_model_as_saved(models_dir: Path) -> None:
+    translator = Translator.from_dir(models_dir / "src-tgt", device="cpu")
+    loaded = load_model_dir(models_dir / "src-tgt", device=torch.device("cpu"))
+    as_saved = Translator(model=loaded.model, src_tokenizer=loaded.src_tokenizer, tgt_tokenizer=loaded.tgt_tokenizer)
+    model = translator.model
+    for name, weight in [*model.decoder.named_parameters(), *model.encoder.rnn.named_parameters()]:
+        if name.rsplit(".", 1)[-1].startswith("weight") and "embedding" not in name:
+            assert weight.t().is_contiguous(), name
+    assert model.decoder.embedding.weight.is_contiguous()  # lookups read rows: the tied output layer has a copy
+    assert torch.equal(model.decoder.output.weight, as_saved.model.decoder.output.weight)
+
+    sources = [row["src"] for row in reverse_task(20, seed=5)]
+    for beam_size in (1, 4):
+        ours = translator.translate(sources, DecodeConfig(beam_size=beam_size, n_best=2 if beam_size > 1 else 1))
+        theirs = as_saved.translate(sources, DecodeConfig(beam_size=beam_size, n_best=2 if beam_size > 1 else 1))
+        assert [[c.text for c in t.candidates] for t in ours] == [[c.text for c in t.candidates] for t in theirs]
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.candidates[0].score == pytest.approx(b.candidates[0].score, abs=1e-4)
