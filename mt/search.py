@@ -233,7 +233,10 @@ def beam_search(
     k = beam_size
     batch = max_lengths.size(0)
     device = max_lengths.device
-    sentences = torch.arange(batch, device=device)  # sentence id of each block of k rows
+    limits = max_lengths.tolist()
+    live = list(range(batch))  # the sentence of each block of k rows; bookkeeping in Python, not small tensors
+    first_row = torch.arange(batch, device=device).unsqueeze(1) * k  # of each block
+    rank = torch.arange(2 * k, device=device)
     state = state.repeat(k)
     prev = torch.full((batch * k,), bos, dtype=torch.long, device=device)
     beam_scores = torch.zeros(batch, k, device=device)
@@ -241,52 +244,48 @@ def beam_search(
     history = _History()
     endings: list[list[_Ending]] = [[] for _ in range(batch)]
 
-    for t in range(int(max_lengths.max()) + 1):
+    for t in range(max(limits) + 1):
         _check_deadline(deadline)
         log_probs, weights, state = step(prev, state)
         history.add_attention(weights)
         vocab = log_probs.size(-1)
-        at_limit = (max_lengths[sentences] <= t).repeat_interleave(k)
-        if bool(at_limit.any()):  # only </s> may follow a hypothesis at its max length
+        at_limit = [limits[s] <= t for s in live]
+        if any(at_limit):  # only </s> may follow a hypothesis at its max length
             forced = torch.full_like(log_probs[0], float("-inf"))
             forced[eos] = 0.0
-            log_probs = torch.where(at_limit.unsqueeze(1), forced + log_probs, log_probs)
+            rows_at_limit = torch.tensor(at_limit, device=device).repeat_interleave(k).unsqueeze(1)
+            log_probs = torch.where(rows_at_limit, forced + log_probs, log_probs)
 
-        n = sentences.size(0)
+        n = len(live)
         top_scores, top_ids = best_continuations(beam_scores, log_probs, 2 * k)  # (n, 2k)
-        origin = top_ids // vocab + torch.arange(n, device=device).unsqueeze(1) * k  # row each continues
+        origin = top_ids // vocab + first_row[:n]  # the row each continues
         token = top_ids % vocab
         is_eos = token == eos
 
         # finish the hypotheses that end in </s> among each sentence's best k
         ends = is_eos[:, :k] & (top_scores[:, :k] > float("-inf"))
         if bool(ends.any()):
-            where = ends.nonzero()
-            for sentence, row, score in zip(
-                sentences[where[:, 0]].tolist(),
-                origin[:, :k][ends].tolist(),
-                top_scores[:, :k][ends].tolist(),
-                strict=True,
+            blocks_ending = ends.nonzero()[:, 0].tolist()
+            for block, row, score in zip(
+                blocks_ending, origin[:, :k][ends].tolist(), top_scores[:, :k][ends].tolist(), strict=True
             ):
-                endings[sentence].append(_ending(t, row, score, length_penalty_alpha))
+                endings[live[block]].append(_ending(t, row, score, length_penalty_alpha))
 
-        # the best k continuations that do not end live on (there are always k: at most k end)
-        live_rank = (~is_eos).float().cumsum(dim=1)
-        keep_candidate = (~is_eos) & (live_rank <= k)
-        new_origin = origin[keep_candidate].view(n, k)
-        new_token = token[keep_candidate].view(n, k)
-        new_scores = top_scores[keep_candidate].view(n, k)
+        # the best k continuations that do not end live on, in rank order (there are always k: at most k end)
+        live_first = torch.where(is_eos, rank + 2 * k, rank).topk(k, dim=1, largest=False).indices
+        new_origin, new_token = origin.gather(1, live_first), token.gather(1, live_first)
+        beam_scores = top_scores.gather(1, live_first)
 
-        done = torch.tensor([len(endings[s]) >= k for s in sentences.tolist()], dtype=torch.bool, device=device) | (
-            max_lengths[sentences] <= t
-        )
-        if bool(done.all()):
+        done = [len(endings[s]) >= k or limits[s] <= t for s in live]
+        if all(done):
             break
-        active = (~done).nonzero().squeeze(1)
-        sentences = sentences[active]
-        rows = new_origin[active].view(-1)
-        beam_scores = new_scores[active]
-        prev = new_token[active].view(-1)
+        if any(done):
+            going_on = [block for block, over in enumerate(done) if not over]
+            live = [live[block] for block in going_on]
+            blocks = torch.tensor(going_on, device=device)
+            new_origin, new_token, beam_scores = new_origin[blocks], new_token[blocks], beam_scores[blocks]
+        rows = new_origin.view(-1)
+        prev = new_token.view(-1)
         history.add_rows(rows, prev)
         state = state.select(rows)
 
