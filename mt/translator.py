@@ -82,19 +82,19 @@ def transpose_weights(model: Seq2Seq) -> Seq2Seq:
     which ran 1.2-2.6x slower at 5-50 rows than the "NN" case of a W^T stored row-major (2 threads:
     the output layer, 6000 x 256, 254 against 128 us at 5 rows; a GRU's 1536 x 512 recurrence 450
     against 170 us at 16). The encoder's GRU over 16 sentences of 20 pieces took 16.8 ms, and 9.5 ms
-    after. A tied output layer gets its own copy, so the embedding lookups stay row-major.
+    after. A tied output layer stays tied: the target embedding's lookups then read its rows strided,
+    18 us more per step at 80 rows, less than the output layer gains.
     """
     with torch.no_grad():
         for module in model.modules():
             if type(module) is nn.Linear:
-                names = ["weight"]
+                weights = [module.weight]
             elif type(module) in (nn.GRU, nn.LSTM, nn.GRUCell, nn.LSTMCell):
-                names = [name for name, _ in module.named_parameters(recurse=False) if name.startswith("weight_")]
+                weights = [w for name, w in module.named_parameters(recurse=False) if name.startswith("weight_")]
             else:
                 continue
-            for name in names:
-                weight = getattr(module, name)
-                setattr(module, name, nn.Parameter(weight.t().contiguous().t(), requires_grad=False))
+            for weight in weights:
+                weight.data = weight.data.t().contiguous().t()
     return model
 
 

@@ -47,7 +47,8 @@ def test_a_cpu_translator_holds_its_weights_transposed_and_translates_as_the_mod
     for name, weight in [*model.decoder.named_parameters(), *model.encoder.rnn.named_parameters()]:
         if name.rsplit(".", 1)[-1].startswith("weight") and "embedding" not in name:
             assert weight.t().is_contiguous(), name
-    assert model.decoder.embedding.weight.is_contiguous()  # lookups read rows: the tied output layer has a copy
+    assert model.decoder.output.weight is model.decoder.embedding.weight  # still tied
+    assert model.num_parameters() == as_saved.model.num_parameters()
     assert torch.equal(model.decoder.output.weight, as_saved.model.decoder.output.weight)
 
     sources = [row["src"] for row in reverse_task(20, seed=5)]
