@@ -93,6 +93,9 @@ class Batcher:
             jobs = [await self._take()]
             try:
                 count = len(jobs[0].texts)
+                while count < self._max_sentences and not self._queue.empty():  # what already waits, at once
+                    jobs.append(self._take_nowait())
+                    count += len(jobs[-1].texts)
                 deadline = loop.time() + self._wait_seconds
                 while count < self._max_sentences and (timeout := deadline - loop.time()) > 0:
                     try:
@@ -111,6 +114,11 @@ class Batcher:
 
     async def _take(self) -> _Job:
         job = await self._queue.get()
+        self._queued -= len(job.texts)
+        return job
+
+    def _take_nowait(self) -> _Job:
+        job = self._queue.get_nowait()
         self._queued -= len(job.texts)
         return job
 

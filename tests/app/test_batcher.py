@@ -92,3 +92,24 @@ def test_requests_whose_budget_ran_out_while_waiting_are_not_decoded(models_dir:
     assert isinstance(second, SearchTimeout)  # never decoded
     assert slow.calls == 1
     assert time.monotonic() - started < 5
+
+
+def test_requests_that_queued_during_a_decode_are_decoded_together_without_waiting(models_dir: Path) -> None:
+    slow = SlowTranslator(Translator.from_dir(models_dir / "src-tgt", device="cpu"))
+
+    async def scenario() -> list[list[Translation] | BaseException]:
+        batcher = Batcher(slow, max_sentences=8, wait_seconds=0.0)  # type: ignore[arg-type]
+        batcher.start()
+        first = asyncio.create_task(batcher.translate(["alpha bravo"], DecodeConfig()))
+        await asyncio.sleep(0.05)  # the first request is being decoded
+        queued = [asyncio.create_task(batcher.translate([t], DecodeConfig())) for t in ("kilo lima", "echo golf")]
+        await asyncio.sleep(0.05)
+        slow.release.set()
+        results = await asyncio.gather(first, *queued, return_exceptions=True)
+        await batcher.close()
+        return results
+
+    results = asyncio.run(scenario())
+    expected = [t.text for t in slow.translator.translate(["alpha bravo", "kilo lima", "echo golf"])]
+    assert [r[0].text for r in results] == expected  # type: ignore[index]
+    assert slow.calls == 2  # the two that waited went in one batch, though the batch waits 0 s for more
