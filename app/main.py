@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, models: dict[tuple[str, str], S
                 max_sentences=settings.max_batch_sentences,
                 wait_seconds=settings.batch_wait_ms / 1000,
                 max_queued_sentences=settings.max_queued_sentences,
+                max_pieces=settings.max_pieces,
                 timeout_seconds=settings.request_timeout_s,
                 on_batch=metrics.batch_sentences.observe,
             )

@@ -145,11 +145,20 @@ class Translator:
 
         deadline: a `time.monotonic()` time; past it, SearchTimeout is raised and nothing is returned.
         """
+        return self.translate_encoded(self.encode(texts), decode, deadline=deadline)
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """What the encoder reads of each text: its source piece ids, ending in </s>."""
+        return [ids + [EOS] for ids in self.src_tokenizer.encode([t.strip() for t in texts])]
+
+    def translate_encoded(
+        self, sources: list[list[int]], decode: DecodeConfig | None = None, *, deadline: float | None = None
+    ) -> list[Translation]:
+        """`translate` for texts already encoded by `encode`."""
         decode = decode or self.decode
         decode.validate()
-        sources = [ids + [EOS] for ids in self.src_tokenizer.encode([t.strip() for t in texts])]
-        results: list[Translation | None] = [None] * len(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(sources[i]))
+        results: list[Translation | None] = [None] * len(sources)
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
         was_training = self.model.training  # validation during training translates with this model
         if was_training:  # eval() and train() walk every module: not on each request of a server
             self.model.eval()

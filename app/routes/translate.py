@@ -10,12 +10,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import ValidationError
 
 from app.auth import require_access
-from app.batcher import Overloaded
+from app.batcher import Overloaded, TextTooLong
 from app.errors import describe_validation_errors
 from app.schemas import Alignment, ErrorResponse, TranslateRequest, TranslateResponse
 from app.service import ServiceDep
 from mt.search import SearchTimeout
-from mt.translator import Translation, Translator
+from mt.translator import Translation
 
 router = APIRouter()
 _RETRY = {"Retry-After": "1"}  # seconds; a client that backs off finds the queue drained
@@ -54,7 +54,6 @@ async def translate(request: Request, service: ServiceDep) -> TranslateResponse:
             400, f"language pair {body.source}->{body.target} is not available; available: {', '.join(service.pairs())}"
         )
     translator = service.models[pair].translator
-    _check_pieces(texts, body, translator, settings.max_pieces)
     n_best = body.alternatives + 1
     beam_size = max(body.beam_size or settings.default_beam_size or translator.decode.beam_size, n_best)
     decode = dataclasses.replace(translator.decode, beam_size=beam_size, n_best=n_best)
@@ -64,6 +63,12 @@ async def translate(request: Request, service: ServiceDep) -> TranslateResponse:
         translated = await service.batchers[pair].translate([texts[i] for i in filled], decode)
     except Overloaded as error:
         raise HTTPException(503, f"the server is busy ({error}); retry later", headers=_RETRY) from None
+    except TextTooLong as error:
+        where = "q" if isinstance(body.q, str) else f"q[{filled[error.index]}]"
+        split = "split it into sentences"
+        raise HTTPException(
+            400, f"{where} is {error.pieces} subword pieces long; at most {error.limit} per text: {split}"
+        ) from None
     except SearchTimeout:
         raise HTTPException(
             503,
@@ -123,16 +128,6 @@ def _check_limits(
         raise HTTPException(400, f"beam_size {body.beam_size} is over the limit of {max_beam}")
     if body.alternatives > max_alternatives:
         raise HTTPException(400, f"alternatives {body.alternatives} is over the limit of {max_alternatives}")
-
-
-def _check_pieces(texts: list[str], body: TranslateRequest, translator: Translator, max_pieces: int) -> None:
-    for index, pieces in enumerate(translator.src_tokenizer.encode([text.strip() for text in texts])):
-        if len(pieces) > max_pieces:
-            where = "q" if isinstance(body.q, str) else f"q[{index}]"
-            raise HTTPException(
-                400,
-                f"{where} is {len(pieces)} subword pieces long; at most {max_pieces} per text: split it into sentences",
-            )
 
 
 def _response(

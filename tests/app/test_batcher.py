@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.batcher import Batcher, Overloaded
+from app.batcher import Batcher, Overloaded, TextTooLong
 from mt.config import DecodeConfig
 from mt.search import SearchTimeout
 from mt.translator import Translation, Translator
@@ -43,10 +43,15 @@ class SlowTranslator:
     def __init__(self, translator: Translator) -> None:
         self.translator, self.release, self.calls = translator, threading.Event(), 0
 
-    def translate(self, texts: list[str], decode: DecodeConfig, *, deadline: float) -> list[Translation]:
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return self.translator.encode(texts)
+
+    def translate_encoded(
+        self, sources: list[list[int]], decode: DecodeConfig, *, deadline: float
+    ) -> list[Translation]:
         self.calls += 1
         self.release.wait(timeout=10)
-        return self.translator.translate(texts, decode, deadline=deadline)
+        return self.translator.translate_encoded(sources, decode, deadline=deadline)
 
 
 def test_queue_refuses_beyond_its_bound_and_drains(models_dir: Path) -> None:
@@ -113,3 +118,25 @@ def test_requests_that_queued_during_a_decode_are_decoded_together_without_waiti
     expected = [t.text for t in slow.translator.translate(["alpha bravo", "kilo lima", "echo golf"])]
     assert [r[0].text for r in results] == expected  # type: ignore[index]
     assert slow.calls == 2  # the two that waited went in one batch, though the batch waits 0 s for more
+
+
+def test_a_request_with_a_text_over_the_piece_limit_is_refused_and_its_batch_decoded(models_dir: Path) -> None:
+    slow = SlowTranslator(Translator.from_dir(models_dir / "src-tgt", device="cpu"))
+    slow.release.set()
+    too_long = ["alpha", "alpha bravo golf kilo lima echo"]
+
+    async def scenario() -> list[list[Translation] | BaseException]:
+        batcher = Batcher(slow, max_sentences=8, wait_seconds=0.05, max_pieces=5)  # type: ignore[arg-type]
+        batcher.start()
+        requests = [batcher.translate(texts, DecodeConfig()) for texts in (["kilo lima"], too_long, ["echo golf"])]
+        results = await asyncio.gather(*requests, return_exceptions=True)
+        await batcher.close()
+        return results
+
+    first, refused, last = asyncio.run(scenario())
+    assert isinstance(refused, TextTooLong)
+    assert (refused.index, refused.limit) == (1, 5)
+    assert refused.pieces == len(slow.translator.encode(too_long[1:])[0]) - 1  # without </s>
+    expected = [t.text for t in slow.translator.translate(["kilo lima", "echo golf"])]
+    assert [first[0].text, last[0].text] == expected  # type: ignore[index]
+    assert slow.calls == 1  # the other two were decoded together

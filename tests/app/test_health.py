@@ -61,14 +61,14 @@ def test_start_up_stops_on_a_bad_models_folder(setup: str, message: str, tmp_pat
 def test_health_answers_while_a_translation_is_decoding(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with client_for(models_dir) as client:
         translator: Translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
-        real, decoding, release = translator.translate, threading.Event(), threading.Event()
+        real, decoding, release = translator.translate_encoded, threading.Event(), threading.Event()
 
-        def slow(texts: list[str], decode: DecodeConfig, *, deadline: float | None = None) -> list[Translation]:
+        def slow(sources: list[list[int]], decode: DecodeConfig, *, deadline: float | None = None) -> list[Translation]:
             decoding.set()
             release.wait(timeout=30)
-            return real(texts, decode, deadline=deadline)
+            return real(sources, decode, deadline=deadline)
 
-        monkeypatch.setattr(translator, "translate", slow)
+        monkeypatch.setattr(translator, "translate_encoded", slow)
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(
                 client.post, "/translate", json={"q": "alpha bravo golf", "source": "src", "target": "tgt"}

@@ -147,10 +147,10 @@ def test_internal_failure_is_500_without_a_stack_trace(models_dir: Path, monkeyp
     with client_for(models_dir, raise_server_exceptions=False) as client:
         translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
 
-        def broken(texts: list[str], decode: object) -> list[object]:
+        def broken(sources: list[list[int]], decode: object, *, deadline: float) -> list[object]:
             raise RuntimeError("secret internals")
 
-        monkeypatch.setattr(translator, "translate", broken)
+        monkeypatch.setattr(translator, "translate_encoded", broken)
         response = client.post("/translate", json={"q": "alpha", "source": "src", "target": "tgt"})
         assert response.status_code == 500
         assert response.json() == {"error": "internal server error"}
@@ -197,8 +197,8 @@ def test_a_batch_with_missing_results_fails_instead_of_shifting_answers(
 ) -> None:
     with client_for(models_dir, raise_server_exceptions=False) as client:
         translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
-        real = translator.translate
-        monkeypatch.setattr(translator, "translate", lambda texts, decode: real(texts, decode)[:-1])
+        real = translator.translate_encoded
+        monkeypatch.setattr(translator, "translate_encoded", lambda *args, **kwargs: real(*args, **kwargs)[:-1])
         response = client.post("/translate", json={"q": ["alpha", "bravo"], "source": "src", "target": "tgt"})
         assert response.status_code == 500
         assert 'status="500"' in client.get("/metrics").text
