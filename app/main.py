@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
@@ -19,7 +18,7 @@ from app.auth import Access, redact_access_log, split_list
 from app.batcher import Batcher
 from app.body_limit import BodySizeLimit
 from app.errors import describe_validation_errors
-from app.metrics import Metrics
+from app.metrics import Metrics, ObserveRequests
 from app.registry import ServedModel, load_models
 from app.routes import health, languages, translate, web
 from app.service import Service
@@ -78,20 +77,8 @@ def create_app(settings: Settings | None = None, models: dict[tuple[str, str], S
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # inside `observe`: 413s are counted
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        status = 500  # unless a response comes back: an unhandled error is answered 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            name = getattr(request.scope.get("route"), "path", "other")
-            metrics.requests.labels(name, str(status)).inc()
-            metrics.latency.labels(name).observe(time.perf_counter() - start)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # inside ObserveRequests: 413s are counted
+    app.add_middleware(ObserveRequests, metrics=metrics)
 
     if origins := split_list(settings.cors_origins):  # outermost, so that errors carry the CORS headers too
         app.add_middleware(

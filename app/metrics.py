@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class Metrics:
@@ -27,3 +30,33 @@ class Metrics:
         self.sentences = Counter(
             "mt_sentences_translated", "sentences translated, by language pair", ["pair"], registry=self.registry
         )
+
+
+class ObserveRequests:
+    """ASGI middleware that counts each HTTP request by route and status and times it, to the end of
+    its response. (Starlette's `@app.middleware("http")` would run each request in tasks and streams
+    of its own, work on the event loop that the torch thread waits on for the GIL.)"""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # unless a response starts: an unhandled error is answered 500
+
+        async def observing_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observing_send)
+        finally:
+            route = getattr(scope.get("route"), "path", "other")  # the router puts the matched route in the scope
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)

@@ -25,7 +25,7 @@ class Service:
         return [f"{source}->{target}" for source, target in sorted(self.models)]
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:  # async: FastAPI runs a plain function on a worker thread
     service: Service = request.app.state.service
     return service
 
