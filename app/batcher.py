@@ -1,7 +1,12 @@
-"""Micro-batching: sentences from concurrent requests to one model are gathered for a few
-milliseconds (or until a batch is full) and decoded together on the torch thread, so the event loop
-stays free and throughput under concurrency is that of batch translation. Each request gets exactly
-its own translations back, in order.
+"""Micro-batching: sentences from concurrent requests to one model are decoded together on the torch
+thread, so the event loop stays free and throughput under concurrency is that of batch translation.
+Each request gets exactly its own translations back, in order.
+
+A batch takes every request already queued, then waits a few milliseconds at most for as many
+sentences as were in flight (answered or waiting) when the last decode ended: a lone client is never
+held, and 8 clients whose answers left together are decoded together again rather than in halves.
+Alternating 20-s runs against always waiting for a full batch: 1 client 47.1 and 47.3 requests/s
+against 38.0 and 38.2, 8 clients 143.2 and 147.2 against 136.5 and 139.2, 32 clients the same.
 
 Load is bounded: a request that would take the queue past its limit is refused at once (Overloaded),
 and each request has a time budget, counted from its arrival, that covers waiting and decoding. A
@@ -73,6 +78,7 @@ class Batcher:
         self._timeout = timeout_seconds
         self._on_batch = on_batch
         self._queued = 0  # sentences waiting, not yet decoding
+        self._in_flight = 1  # sentences decoded or waiting when the last decode ended: the next batch's aim
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -114,7 +120,8 @@ class Batcher:
                     jobs.append(self._take_nowait())
                     count += len(jobs[-1].texts)
                 deadline = loop.time() + self._wait_seconds
-                while count < self._max_sentences and (timeout := deadline - loop.time()) > 0:
+                wanted = min(self._max_sentences, self._in_flight)
+                while count < wanted and (timeout := deadline - loop.time()) > 0:
                     try:
                         job = await asyncio.wait_for(self._take(), timeout)
                     except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
@@ -122,6 +129,7 @@ class Batcher:
                     jobs.append(job)
                     count += len(job.texts)
                 await self._decode(jobs)
+                self._in_flight = count + self._queued
             except Exception as error:  # whatever happens, no request waits forever and the loop lives on
                 log.exception("batch of %d requests failed", len(jobs))
                 _fail(jobs, error)

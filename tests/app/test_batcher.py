@@ -140,3 +140,42 @@ def test_a_request_with_a_text_over_the_piece_limit_is_refused_and_its_batch_dec
     expected = [t.text for t in slow.translator.translate(["kilo lima", "echo golf"])]
     assert [first[0].text, last[0].text] == expected  # type: ignore[index]
     assert slow.calls == 1  # the other two were decoded together
+
+
+def test_a_lone_request_is_not_held_for_the_batch_wait(models_dir: Path) -> None:
+    slow = SlowTranslator(Translator.from_dir(models_dir / "src-tgt", device="cpu"))
+    slow.release.set()
+
+    async def scenario() -> list[list[Translation]]:
+        batcher = Batcher(slow, max_sentences=8, wait_seconds=30.0)  # type: ignore[arg-type]
+        batcher.start()
+        # one request in flight: nothing to wait for, so neither waits the 30 s
+        results = [await asyncio.wait_for(batcher.translate([t], DecodeConfig()), 10) for t in ("alpha", "kilo")]
+        await batcher.close()
+        return results
+
+    first, second = asyncio.run(scenario())
+    assert [first[0].text, second[0].text] == [t.text for t in slow.translator.translate(["alpha", "kilo"])]
+    assert slow.calls == 2
+
+
+def test_a_batch_waits_for_as_many_sentences_as_were_in_flight_before(models_dir: Path) -> None:
+    slow = SlowTranslator(Translator.from_dir(models_dir / "src-tgt", device="cpu"))
+    slow.release.set()
+    texts = ["alpha bravo", "kilo lima", "echo golf"]
+
+    async def scenario() -> list[list[Translation]]:
+        batcher = Batcher(slow, max_sentences=8, wait_seconds=30.0)  # type: ignore[arg-type]
+        batcher.start()
+        await asyncio.gather(*(batcher.translate([t], DecodeConfig()) for t in texts))  # one batch of 3
+        # three clients again, one a little ahead of the others: the batch waits for all three
+        first = asyncio.create_task(batcher.translate([texts[0]], DecodeConfig()))
+        await asyncio.sleep(0.2)
+        rest = [batcher.translate([t], DecodeConfig()) for t in texts[1:]]
+        results = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+        await batcher.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert [r[0].text for r in results] == [t.text for t in slow.translator.translate(texts)]
+    assert slow.calls == 2
