@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -30,6 +31,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,14 +84,12 @@ def batch_stats(url: str) -> tuple[float, float]:
 
 
 async def client(
-    http: aiohttp.ClientSession, url: str, body: dict[str, str], sentences: list[str], stop: StopAt, tally: Tally
+    http: aiohttp.ClientSession, url: str, body: dict[str, str], sentences: Iterator[str], stop: StopAt, tally: Tally
 ) -> None:
-    index = 0
     while stop.more():
-        index += 1
         start = time.perf_counter()
         try:
-            async with http.post(f"{url}/translate", json={**body, "q": sentences[index % len(sentences)]}) as response:
+            async with http.post(f"{url}/translate", json={**body, "q": next(sentences)}) as response:
                 answer = await response.json(content_type=None)
                 status, retry_after = response.status, response.headers.get("Retry-After")
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
@@ -121,8 +121,11 @@ class StopAt:
 async def run(url: str, clients: int, body: dict[str, str], sentences: list[str], stop: StopAt) -> Tally:
     tally = Tally()
     connector = aiohttp.TCPConnector(limit=clients)  # one keep-alive connection per client
+    # one stream of sentences for all clients: concurrent requests carry different sentences, as on a
+    # real server, not the same one (a batch of copies of one sentence wastes no steps on padding)
+    stream = itertools.cycle(sentences)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as http:
-        await asyncio.gather(*(client(http, url, body, sentences, stop, tally) for _ in range(clients)))
+        await asyncio.gather(*(client(http, url, body, stream, stop, tally) for _ in range(clients)))
     return tally
 
 
