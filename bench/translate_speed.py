@@ -63,7 +63,7 @@ def main() -> None:
     for int8 in (False, True) if args.device == "cpu" else (False,):
         translator = Translator.from_dir(args.model, device=args.device, int8=int8)
         if not int8:
-            print(f"{translator.model.num_parameters():,} parameters")
+            print(f"{translator.num_parameters:,} parameters")
         print(f"\n{'int8' if int8 else 'fp32'}")
         print(f"{'search':8} {'sentences/s':>12} {'BLEU':>6} {'p50 ms':>7} {'p95 ms':>7}")
         for beam_size in (1, 5):

@@ -8,15 +8,14 @@ tokenizer -> text. Sentences are decoded in batches of similar length and return
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from mt.checkpoint import load_model_dir
 from mt.config import DecodeConfig
+from mt.cpu import prepare_for_cpu, quantize_int8
 from mt.model import Seq2Seq, pad_batch
 from mt.search import Hypothesis, beam_search, greedy_search
 from mt.tokenizer import BOS, EOS, Tokenizer
@@ -50,54 +49,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def quantize_int8(model: Seq2Seq) -> Seq2Seq:
-    """Dynamic int8 quantization of the linear layers and RNNs for CPU inference: weights are stored
-    in int8, activations quantized on the fly per batch. Embeddings and attention scores stay fp32.
-
-    Linear layers get a scale per output row, as they are in Marian's and CTranslate2's int8. The
-    attention's energy layer v stays fp32: it maps each (hypothesis, source position) to one number,
-    and in int8 it quantized a (rows, src_len, attn_size) activation for a matrix-vector product at
-    every step, 12% of int8 beam search (Multi30k test in random batches of 16, 2 cores). On Multi30k
-    validation (models/de-en, beam 5) this keeps 91.2% of translations identical to fp32's, against
-    90.3% with one scale per layer and v in int8.
-    """
-    spec: dict[type[nn.Module] | str, object] = {
-        nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig,
-        "decoder.attention.energy_layer": None,
-    }
-    for recurrent in (nn.GRU, nn.LSTM, nn.GRUCell, nn.LSTMCell):
-        spec[recurrent] = torch.ao.quantization.default_dynamic_qconfig
-    with warnings.catch_warnings():  # torch.ao's eager-mode API is deprecated in favour of torchao, which
-        warnings.simplefilter("ignore")  # has no int8 GRU/LSTM cells; it still works in the torch we pin
-        quantized = torch.ao.quantization.quantize_dynamic(model.float().eval(), spec, dtype=torch.qint8)
-    assert isinstance(quantized, Seq2Seq)
-    return quantized
-
-
-def transpose_weights(model: Seq2Seq) -> Seq2Seq:
-    """Lays out in memory each weight W that multiplies from the right (x W^T) as its transpose, for
-    inference on the CPU: the same values and results, a faster product at the few rows of a search step.
-
-    PyTorch computes x W^T from W as stored, row-major (out, in): the "NT" case of the CPU's sgemm,
-    which ran 1.2-2.6x slower at 5-50 rows than the "NN" case of a W^T stored row-major (2 threads:
-    the output layer, 6000 x 256, 254 against 128 us at 5 rows; a GRU's 1536 x 512 recurrence 450
-    against 170 us at 16). The encoder's GRU over 16 sentences of 20 pieces took 16.8 ms, and 9.5 ms
-    after. A tied output layer stays tied: the target embedding's lookups then read its rows strided,
-    18 us more per step at 80 rows, less than the output layer gains.
-    """
-    with torch.no_grad():
-        for module in model.modules():
-            if type(module) is nn.Linear:
-                weights = [module.weight]
-            elif type(module) in (nn.GRU, nn.LSTM, nn.GRUCell, nn.LSTMCell):
-                weights = [w for name, w in module.named_parameters(recurse=False) if name.startswith("weight_")]
-            else:
-                continue
-            for weight in weights:
-                weight.data = weight.data.t().contiguous().t()
-    return model
-
-
 class Translator:
     def __init__(
         self,
@@ -108,8 +59,11 @@ class Translator:
         decode: DecodeConfig | None = None,
         source_lang: str = "",
         target_lang: str = "",
+        num_parameters: int | None = None,
     ) -> None:
         self.model = model
+        # as trained: packed and quantized layers hold their weights outside model.parameters()
+        self.num_parameters = model.num_parameters() if num_parameters is None else num_parameters
         self.source_lang, self.target_lang = source_lang, target_lang
         self.src_tokenizer = src_tokenizer
         self.tgt_tokenizer = tgt_tokenizer
@@ -123,10 +77,11 @@ class Translator:
         if int8 and resolved.type != "cpu":
             raise ValueError(f"int8 inference runs on the CPU, not on {resolved}: leave out int8 or use device cpu")
         loaded = load_model_dir(path, device=resolved)
+        num_parameters = loaded.model.num_parameters()
         if int8:
             model = quantize_int8(loaded.model)
         elif resolved.type == "cpu":
-            model = transpose_weights(loaded.model)
+            model = prepare_for_cpu(loaded.model)
         else:
             model = loaded.model
         return cls(
@@ -136,6 +91,7 @@ class Translator:
             decode=loaded.config.decode,
             source_lang=loaded.config.data.src,
             target_lang=loaded.config.data.tgt,
+            num_parameters=num_parameters,
         )
 
     def translate(

@@ -9,6 +9,7 @@ from torch import nn
 
 from mt.checkpoint import load_model_dir
 from mt.config import DecodeConfig
+from mt.cpu import PackedLinear
 from mt.translator import Translator
 
 from .conftest import reverse_task
@@ -39,17 +40,17 @@ def test_int8_translator_quantizes_every_linear_layer_and_rnn_and_keeps_its_qual
     assert bleu["int8"] > bleu["fp32"] - 5
 
 
-def test_a_cpu_translator_holds_its_weights_transposed_and_translates_as_the_model_as_saved(models_dir: Path) -> None:
+def test_a_cpu_translator_packs_its_linear_layers_and_translates_as_the_model_as_saved(models_dir: Path) -> None:
     translator = Translator.from_dir(models_dir / "src-tgt", device="cpu")
     loaded = load_model_dir(models_dir / "src-tgt", device=torch.device("cpu"))
     as_saved = Translator(model=loaded.model, src_tokenizer=loaded.src_tokenizer, tgt_tokenizer=loaded.tgt_tokenizer)
     model = translator.model
-    for name, weight in [*model.decoder.named_parameters(), *model.encoder.rnn.named_parameters()]:
-        if name.rsplit(".", 1)[-1].startswith("weight") and "embedding" not in name:
+    linear = [name for name, m in model.named_modules() if type(m) in (nn.Linear, PackedLinear)]
+    assert linear and all(isinstance(model.get_submodule(name), PackedLinear) for name in linear)
+    for name, weight in model.encoder.rnn.named_parameters():
+        if name.startswith("weight"):
             assert weight.t().is_contiguous(), name
-    assert model.decoder.output.weight is model.decoder.embedding.weight  # still tied
-    assert model.num_parameters() == as_saved.model.num_parameters()
-    assert torch.equal(model.decoder.output.weight, as_saved.model.decoder.output.weight)
+    assert translator.num_parameters == as_saved.num_parameters == as_saved.model.num_parameters()
 
     sources = [row["src"] for row in reverse_task(20, seed=5)]
     for beam_size in (1, 4):
@@ -58,3 +59,14 @@ def test_a_cpu_translator_holds_its_weights_transposed_and_translates_as_the_mod
         assert [[c.text for c in t.candidates] for t in ours] == [[c.text for c in t.candidates] for t in theirs]
         for a, b in zip(ours, theirs, strict=True):
             assert a.candidates[0].score == pytest.approx(b.candidates[0].score, abs=1e-4)
+            assert torch.allclose(a.candidates[0].attention, b.candidates[0].attention, atol=1e-5)
+
+
+def test_a_packed_linear_layer_computes_what_the_linear_layer_does() -> None:
+    torch.manual_seed(0)
+    for bias in (True, False):
+        linear = nn.Linear(24, 40, bias=bias)
+        packed = PackedLinear(linear)
+        for x in (torch.randn(1, 24), torch.randn(7, 24), torch.randn(3, 5, 24)):
+            assert torch.allclose(packed(x), linear(x), atol=1e-5)
+    assert "in_features=24, out_features=40, bias=False" in repr(packed)

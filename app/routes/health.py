@@ -18,7 +18,7 @@ async def health(service: ServiceDep) -> Health:
             source=source,
             target=target,
             path=str(model.path),
-            parameters=model.translator.model.num_parameters(),
+            parameters=model.translator.num_parameters,
             beam_size=model.translator.decode.beam_size,
         )
         for (source, target), model in sorted(service.models.items())
