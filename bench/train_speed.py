@@ -2,6 +2,7 @@
 
     python bench/train_speed.py                       # the default de->en config on Multi30k
     python bench/train_speed.py --config configs/de-en.yaml --steps 120
+    python bench/train_speed.py --precision bf16      # matrix products in bfloat16 (autocast)
 
 Prints the machine (CPU model, cores, torch version and threads) beside the figures. Runs the same
 training step as `mt train` (same batches, loss and optimizer), without validation or checkpoints.
@@ -30,10 +31,13 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/multi30k")
     parser.add_argument("--steps", type=int, default=100, help="timed steps (after 10 warm-up steps)")
     parser.add_argument("--window", type=int, default=10, help="steps per measured window")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="train.precision (default: the config's)")
     args = parser.parse_args()
 
     config = Config.load(args.config) if args.config else Config()
     config.data.path = args.data
+    if args.precision:
+        config.train.precision = args.precision
     keep_freed_memory()
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
@@ -61,13 +65,14 @@ def main() -> None:
     if tokens and len(batches) >= 10 + args.steps:
         rates.append(tokens / (time.perf_counter() - start))  # the last window
     flops_per_token = training_flops_per_token(model, optimizer, batches[10:20], src, tgt, config)
-    peak = matmul_peak()
+    dtype = torch.bfloat16 if config.train.precision == "bf16" else torch.float32
+    peak = matmul_peak(dtype=dtype)
     achieved = statistics.median(rates) * flops_per_token
     print(describe())
     print(
         f"model: {model.num_parameters():,} parameters ({config.model.cell}, emb {config.model.emb_size}, "
         f"encoder {config.model.enc_hidden}x2, decoder {config.model.dec_hidden}), batches of "
-        f"{config.train.batch_tokens} target tokens"
+        f"{config.train.batch_tokens} target tokens, precision {config.train.precision}"
     )
     print(
         f"training: {statistics.median(rates):.0f} target tokens/s (median of {len(rates)} windows of "
@@ -75,8 +80,8 @@ def main() -> None:
     )
     print(
         f"compute: {flops_per_token / 1e6:.1f} MFLOP per target token (forward + backward matrix products), so "
-        f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} of this machine's fp32 matmul peak "
-        f"({peak / 1e9:.1f} GFLOP/s, median torch.mm of 4096x4096 matrices)"
+        f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} of this machine's {config.train.precision} matmul "
+        f"peak ({peak / 1e9:.1f} GFLOP/s, median torch.mm of 4096x4096 matrices)"
     )
 
 
@@ -99,9 +104,9 @@ def training_flops_per_token(
     return flops / tokens
 
 
-def matmul_peak(size: int = 4096, repeats: int = 5) -> float:
-    """FLOP/s of a large fp32 matrix product: what the cores can do at best."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(size: int = 4096, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a large matrix product in `dtype`: what the cores can do at best."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)  # warm-up
     times = []
     for _ in range(repeats):

@@ -144,9 +144,10 @@ def train_step(
     weight: what the batch's summed loss is multiplied by before backward; 1 / its target tokens when
     None (see `rank_share` for a rank's share of a batch under DDP).
     """
-    logits = model(batch.src, batch.lengths, batch.tgt_in)
+    with torch.autocast(batch.src.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        logits = model(batch.src, batch.lengths, batch.tgt_in)
     summed = label_smoothed_cross_entropy(
-        logits.view(-1, logits.size(-1)),
+        logits.float().view(-1, logits.size(-1)),  # the softmax over the vocabulary in fp32
         batch.tgt_out.view(-1),
         smoothing=config.label_smoothing,
         ignore_index=PAD,

@@ -76,6 +76,21 @@ def test_training_learns_to_reverse_sequences(reverse_corpus: Path, tmp_path: Pa
     assert translator.translate(["alpha bravo charlie"])[0].text == "CHARLIE BRAVO ALPHA"
 
 
+def test_bf16_training_multiplies_in_bfloat16_and_keeps_fp32_weights(reverse_corpus: Path, tmp_path: Path) -> None:
+    config = tiny_config(reverse_corpus, max_epochs=6, precision="bf16")
+    trainer = Trainer(config, tmp_path / "run")
+    output_dtypes: list[torch.dtype] = []
+    trainer.model.decoder.output.register_forward_hook(lambda _m, _i, out: output_dtypes.append(out.dtype))
+    progress = trainer.fit()
+    assert progress.best_bleu > 60
+    assert torch.bfloat16 in output_dtypes  # the training steps' logits (validation translates in fp32)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    state = trainer.optimizer.state_dict()["state"]
+    assert state and all(v.dtype == torch.float32 for s in state.values() for v in s.values() if v.is_floating_point())
+    weights = load_file(tmp_path / "run" / "best" / "model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+
+
 def test_a_resumed_run_ends_in_the_same_state_as_an_uninterrupted_one(reverse_corpus: Path, tmp_path: Path) -> None:
     config = tiny_config(reverse_corpus, max_epochs=2, eval_every=15)
     config.model.dropout = 0.2  # dropout masks must continue from the saved RNG state
