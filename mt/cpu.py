@@ -1,8 +1,8 @@
 """What a model becomes to translate on the CPU: the same function, in layouts and kernels that are
 faster there. Training never sees these; `Translator.from_dir` applies them to the model it loads.
 
-- `prepare_for_cpu` (fp32): linear layers become `PackedLinear`s, which multiply with oneDNN from a
-  weight laid out once for its kernels; the RNNs' weights are held transposed.
+- `prepare_for_cpu` (fp32): a search step's linear layers become `PackedLinear`s, which multiply with
+  oneDNN from a weight laid out once for its kernels; the other weights are held transposed.
 - `quantize_int8`: dynamic int8 quantization of the linear layers and RNNs.
 """
 
@@ -17,7 +17,12 @@ from torch import Tensor, nn
 from mt.model import Seq2Seq
 
 RECURRENT = (nn.GRU, nn.LSTM, nn.GRUCell, nn.LSTMCell)
-ONEDNN_CACHE_ENTRIES = 64  # kernels kept per cache, for the input shapes last used
+# Layers applied at every source position: their inputs take a new shape with each batch's source length
+# (and the energy layer's with every step's rows too), and oneDNN compiles a kernel per shape, so they
+# stay with MKL. Translating Multi30k test, they made 185 of the 440 shapes oneDNN saw; 100 random batches
+# of 1-32 sentences, 659 of 819.
+PER_SOURCE_POSITION = ("decoder.attention.key_layer", "decoder.context_proj", "decoder.attention.energy_layer")
+ONEDNN_CACHE_ENTRIES = 256  # kernels kept per cache, for the input shapes last used
 
 
 def bound_onednn_caches() -> None:
@@ -25,10 +30,13 @@ def bound_onednn_caches() -> None:
     layer's), unless the environment already sets ONEDNN_PRIMITIVE_CACHE_CAPACITY or LRU_CACHE_CAPACITY.
 
     oneDNN compiles a kernel per input shape and keeps 1,024 of them by default. A search step's rows
-    change with every sentence that finishes, so a server's memory grew with them: models/de-en
-    translating 300 random batches of 1-32 sentences went from 369 to 1,050 MiB, against 437 MiB
-    with MKL's sgemm; with 64 entries per cache it stayed at 458-478, and with 16 at 405-422. The
-    setting counts only before the process's first oneDNN operation.
+    change with every sentence that finishes, so a server's memory grew with them: models/de-en with
+    every linear layer packed, translating 300 random batches of 1-32 sentences, went from 369 to 1,050
+    MiB, against 437 MiB with MKL alone. With the layers of PER_SOURCE_POSITION left to MKL and 256
+    entries, it held 687-713 MiB after the test set twice and 230 random batches; with 64 entries and
+    every layer packed, 482-497, but the cache thrashed (a kernel takes about 0.5 ms to make) and random
+    batches of 20 ran at 89-107 sentences/s against 109-117. The setting counts only before the
+    process's first oneDNN operation.
     """
     for variable in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
         os.environ.setdefault(variable, str(ONEDNN_CACHE_ENTRIES))
@@ -65,22 +73,23 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def pack_linear_layers(model: nn.Module) -> nn.Module:
-    """Replace every `nn.Linear` of `model` by a `PackedLinear` (nothing changes without oneDNN). A
-    tied output layer gets its own packed copy of the embedding's weight."""
+def pack_linear_layers(model: nn.Module, *, skip: tuple[str, ...] = ()) -> nn.Module:
+    """Replace each `nn.Linear` of `model` not named in `skip` by a `PackedLinear` (nothing changes
+    without oneDNN). A tied output layer gets its own packed copy of the embedding's weight."""
     if not onednn_available():
         return model
     bound_onednn_caches()
-    for parent in list(model.modules()):
+    for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
+            if type(child) is nn.Linear and f"{parent_name}.{name}".lstrip(".") not in skip:
                 setattr(parent, name, PackedLinear(child))
     return model
 
 
 def prepare_for_cpu(model: Seq2Seq) -> Seq2Seq:
-    """fp32 inference on the CPU: linear layers packed for oneDNN, and the RNNs' weights (which go
-    through MKL inside `nn.GRU`/`nn.LSTM` and their cells) laid out in memory as their transposes.
+    """fp32 inference on the CPU: the linear layers of a search step packed for oneDNN; the weights of
+    the others (PER_SOURCE_POSITION) and of the RNNs (which go through MKL inside `nn.GRU`/`nn.LSTM`
+    and their cells) laid out in memory as their transposes.
 
     PyTorch computes x W^T from W as stored, row-major (out, in): the "NT" case of sgemm, which on an
     Intel Xeon ran 1.2-2.6x slower at 5-50 rows than the "NN" case of a W^T stored row-major (the
@@ -88,12 +97,12 @@ def prepare_for_cpu(model: Seq2Seq) -> Seq2Seq:
     cases ran alike (256 against 259 µs), and at one row 71 against 57 µs.
     """
     with torch.no_grad():
-        for module in model.modules():
-            if type(module) in RECURRENT:
+        for module_name, module in model.named_modules():
+            if type(module) in RECURRENT or module_name in PER_SOURCE_POSITION:
                 for name, weight in module.named_parameters(recurse=False):
-                    if name.startswith("weight_"):
+                    if name.startswith("weight"):
                         weight.data = weight.data.t().contiguous().t()
-    pack_linear_layers(model)
+    pack_linear_layers(model, skip=PER_SOURCE_POSITION)
     return model
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from mt.checkpoint import load_model_dir
 from mt.config import DecodeConfig
-from mt.cpu import PackedLinear
+from mt.cpu import PER_SOURCE_POSITION, PackedLinear
 from mt.translator import Translator
 
 from .conftest import reverse_task
@@ -45,10 +45,11 @@ def test_a_cpu_translator_packs_its_linear_layers_and_translates_as_the_model_as
     loaded = load_model_dir(models_dir / "src-tgt", device=torch.device("cpu"))
     as_saved = Translator(model=loaded.model, src_tokenizer=loaded.src_tokenizer, tgt_tokenizer=loaded.tgt_tokenizer)
     model = translator.model
-    linear = [name for name, m in model.named_modules() if type(m) in (nn.Linear, PackedLinear)]
-    assert linear and all(isinstance(model.get_submodule(name), PackedLinear) for name in linear)
-    for name, weight in model.encoder.rnn.named_parameters():
-        if name.startswith("weight"):
+    packed = [name for name, m in model.named_modules() if type(m) is PackedLinear]
+    assert {"decoder.output", "decoder.hidden_proj", "decoder.attention.query_layer"} <= set(packed)
+    assert sorted(name for name, m in model.named_modules() if type(m) is nn.Linear) == sorted(PER_SOURCE_POSITION)
+    for name, weight in [*model.encoder.rnn.named_parameters(), *model.decoder.attention.named_parameters()]:
+        if name.rsplit(".", 1)[-1].startswith("weight"):
             assert weight.t().is_contiguous(), name
     assert translator.num_parameters == as_saved.num_parameters == as_saved.model.num_parameters()
 
