@@ -54,8 +54,8 @@ class PackedLinear(nn.Module):
     A plain CPU `nn.Linear` calls MKL's sgemm, which takes a slower path on processors that are not
     Intel's. On this project's 2-core AMD EPYC, at the rows of a search step (median µs): the output
     layer, 256 -> 6000 at 320 rows, 6,870 with MKL against 4,772; the GRU's 512 -> 1536 at 5 rows 172
-    against 68, at 16 rows 256 against 138; the attention's v, 512 -> 1 at 6,400 rows, 748 against 142.
-    Results agree with `nn.Linear` up to the order of float additions.
+    against 68, at 16 rows 256 against 138. Results agree with `nn.Linear` up to the order of float
+    additions.
     """
 
     def __init__(self, linear: nn.Linear) -> None:
