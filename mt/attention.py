@@ -3,6 +3,12 @@
 The energy of target step i over source position j is `e_ij = v . tanh(W s_{i-1} + U h_j)`.
 `U h_j` does not depend on i, so the keys are projected once per sentence (`project_keys`) and
 reused at every decoding step.
+
+tanh(u) = 2 sigmoid(2u) - 1, so `e_ij = 2 v . sigmoid(2u_ij) - sum(v)`: the same attention weights,
+since the softmax over j ignores the term `sum(v)` that every position shares. PyTorch's CPU tanh
+ran 5.5x slower than its sigmoid on this project's AMD EPYC (5.3-5.9 ms against 0.9-1.0 for the
+4.1M elements of 64 sentences x 5 beams x 25 positions x 512), and this is the largest elementwise
+operation of a search step.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ class AdditiveAttention(nn.Module):
         """
         batch = keys.size(0)
         projected = self.query_layer(query).view(batch, -1, 1, keys.size(-1))  # (batch, group, 1, attn_size)
-        energies = self.energy_layer((keys.unsqueeze(1) + projected).tanh_()).squeeze(-1)  # (batch, group, src_len)
+        # v . tanh(u) = 2 v . sigmoid(2u) - sum(v), and softmax ignores a term shared by all positions
+        gates = (keys.unsqueeze(1) + projected).mul_(2).sigmoid_()  # (batch, group, src_len, attn_size)
+        energies = self.energy_layer(gates).squeeze(-1).mul_(2)  # e_ij + sum(v): (batch, group, src_len)
         energies = energies.masked_fill(~mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(energies, dim=-1)
         context = torch.bmm(weights, values)  # (batch, group, size)
