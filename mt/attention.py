@@ -42,8 +42,8 @@ class AdditiveAttention(nn.Module):
         batch = keys.size(0)
         projected = self.query_layer(query).view(batch, -1, 1, keys.size(-1))  # (batch, group, 1, attn_size)
         # v . tanh(u) = 2 v . sigmoid(2u) - sum(v), and softmax ignores a term shared by all positions
-        gates = (keys.unsqueeze(1) + projected).mul_(2).sigmoid_()  # (batch, group, src_len, attn_size)
-        energies = self.energy_layer(gates).squeeze(-1).mul_(2)  # e_ij + sum(v): (batch, group, src_len)
+        squashed = (keys.unsqueeze(1) + projected).mul_(2).sigmoid_()  # (batch, group, src_len, attn_size)
+        energies = self.energy_layer(squashed).squeeze(-1).mul_(2)  # e_ij + sum(v): (batch, group, src_len)
         energies = energies.masked_fill(~mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(energies, dim=-1)
         context = torch.bmm(weights, values)  # (batch, group, size)
