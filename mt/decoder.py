@@ -146,13 +146,12 @@ class Decoder(nn.Module):
         """
         batch = summary.size(0)
         hidden = torch.tanh(self.bridge(summary)).view(batch, self.num_layers, self.hidden_size).unbind(1)
-        return DecoderState(
-            hidden=hidden,
-            cell=hidden if self.is_lstm else None,
-            keys=self.attention.project_keys(annotations),
-            values=self.context_proj(annotations) if project else annotations,
-            mask=mask,
-        )
+        if project:  # at real positions only: in a batch of random lengths, half the positions can be padding
+            real = annotations[mask]  # (tokens, enc_size)
+            keys, values = _at(mask, self.attention.project_keys(real)), _at(mask, self.context_proj(real))
+        else:
+            keys, values = self.attention.project_keys(annotations), annotations
+        return DecoderState(hidden=hidden, cell=hidden if self.is_lstm else None, keys=keys, values=values, mask=mask)
 
     def _advance(self, terms: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
         """One recurrence step from the terms of E y_{i-1} and c_i (rows, gates + readout); returns the
@@ -209,6 +208,14 @@ class Decoder(nn.Module):
         logits[:, [PAD, BOS]] = float("-inf")  # never outputs
         log_probs = torch.log_softmax(logits, dim=-1)
         return log_probs, weights, state
+
+
+def _at(mask: Tensor, rows: Tensor) -> Tensor:
+    """(tokens, size) rows -> (batch, src_len, size): the rows at the True positions of `mask`, in
+    order, and zeros at the others."""
+    padded = rows.new_zeros(*mask.shape, rows.size(-1))
+    padded[mask] = rows
+    return padded
 
 
 def _gru(input_gates: Tensor, recurrent_gates: Tensor, hidden: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ from torch import nn
 from mt.attention import AdditiveAttention
 from mt.config import ModelConfig
 from mt.decoder import upgrade_weights
-from mt.model import Seq2Seq, pad_batch
+from mt.model import Seq2Seq, pad_batch, source_mask
 from mt.tokenizer import BOS, EOS, PAD
 
 
@@ -60,6 +60,17 @@ def test_search_steps_never_propose_padding_or_start_symbols() -> None:
     log_probs, _, _ = model.decoder.step(torch.tensor([2]), model.encode(src, lengths))
     assert log_probs[0, PAD] == float("-inf") and log_probs[0, 2] == float("-inf")
     assert torch.isclose(log_probs.exp().sum(), torch.tensor(1.0))
+
+
+def test_search_state_holds_the_projected_source_at_real_positions_and_zeros_at_padding() -> None:
+    model = tiny()
+    src, lengths = pad_batch([[5, 6, 7, EOS], [8, EOS], [9, 10, EOS]])
+    state = model.encode(src, lengths)
+    annotations, _ = model.encoder(src, lengths)
+    real = source_mask(src, lengths).unsqueeze(-1)
+    assert torch.allclose(state.keys, model.decoder.attention.project_keys(annotations) * real, atol=1e-6)
+    assert torch.allclose(state.values, model.decoder.context_proj(annotations) * real, atol=1e-6)
+    assert torch.all(state.values[~real.squeeze(-1)] == 0)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
