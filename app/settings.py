@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     max_beam_size: int = 10
     max_alternatives: int = 5
     max_body_bytes: int = 1_000_000
-    batch_wait_ms: float = 5.0  # at most, for as many sentences as were in flight after the last batch
+    batch_wait_ms: float = 10.0  # at most, for as many sentences as were in flight after the last batch
     max_batch_sentences: int = 64  # sentences decoded together
     # load and pathological input: refuse early rather than queue or decode without bound
     max_pieces: int = 400  # per text, after SentencePiece; longer texts are refused (training kept <= 100 words)
