@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from mt.attention import AdditiveAttention
 from mt.config import ModelConfig
 from mt.decoder import upgrade_weights
 from mt.model import Seq2Seq, pad_batch, source_mask
@@ -124,20 +123,3 @@ def test_teacher_forcing_gives_the_log_probabilities_of_search_steps() -> None:
     for t in range(3):
         log_probs, _, state = model.decoder.step(tgt_in[:, t], state)
         assert torch.allclose(log_probs, forced[:, t], atol=1e-5)
-
-
-def test_attention_weights_are_the_softmax_of_bahdanau_energies() -> None:
-    """The energies are computed through sigmoid, not tanh; the weights must be the textbook ones."""
-    torch.manual_seed(0)
-    attention = AdditiveAttention(query_size=6, key_size=5, attn_size=7)
-    nn.init.normal_(attention.energy_layer.weight, std=2.0)  # energies large enough to differ a lot
-    values, query = torch.randn(3, 4, 5), torch.randn(3 * 2, 6)  # 3 sentences of 4 positions, 2 rows each
-    mask = torch.tensor([[True] * 4, [True, True, True, False], [True, False, False, False]])
-    context, weights = attention(query, attention.project_keys(values), values, mask)
-
-    keys = attention.key_layer(values).repeat_interleave(2, dim=0)  # (6, 4, 7)
-    energies = torch.tanh(keys + attention.query_layer(query).unsqueeze(1)) @ attention.energy_layer.weight[0]
-    expected = torch.softmax(energies.masked_fill(~mask.repeat_interleave(2, dim=0), float("-inf")), dim=-1)
-    assert torch.allclose(weights, expected, atol=1e-6)
-    expected_context = torch.bmm(expected.unsqueeze(1), values.repeat_interleave(2, dim=0)).squeeze(1)
-    assert torch.allclose(context, expected_context, atol=1e-6)
