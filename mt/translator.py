@@ -78,6 +78,7 @@ class Translator:
             raise ValueError(f"int8 inference runs on the CPU, not on {resolved}: leave out int8 or use device cpu")
         loaded = load_model_dir(path, device=resolved)
         num_parameters = loaded.model.num_parameters()
+        loaded.model.decoder.tabulate_embedded_terms()  # this model only translates: its weights stay as loaded
         if int8:
             model = quantize_int8(loaded.model)
         elif resolved.type == "cpu":

@@ -123,3 +123,22 @@ def test_teacher_forcing_gives_the_log_probabilities_of_search_steps() -> None:
     for t in range(3):
         log_probs, _, state = model.decoder.step(tgt_in[:, t], state)
         assert torch.allclose(log_probs, forced[:, t], atol=1e-5)
+
+
+def test_a_tabulated_decoder_steps_as_its_layers_do_and_trains_on_the_layers() -> None:
+    model, untabulated = tiny(), tiny()
+    model.decoder.tabulate_embedded_terms()
+    src, lengths = pad_batch([[5, 6, 7, EOS], [8, EOS]])
+    state, expected_state = model.encode(src, lengths), untabulated.encode(src, lengths)
+    for prev in ([BOS, BOS], [9, 29], [EOS, 11]):
+        log_probs, _, state = model.decoder.step(torch.tensor(prev), state)
+        expected, _, expected_state = untabulated.decoder.step(torch.tensor(prev), expected_state)
+        assert torch.allclose(log_probs, expected, atol=1e-6)
+    assert "decoder.embedded_table" not in model.state_dict()  # derived from the weights: never saved
+
+    table = model.decoder.embedded_table
+    assert table is not None
+    model.train()  # the table would not follow the weights: training computes with the layers
+    with torch.no_grad():
+        model.decoder.embedded_proj.bias.add_(1.0)
+    assert not torch.allclose(model.decoder.embedded_terms(torch.tensor([9])), table[9])
