@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from mt.attention import AdditiveAttention
+from mt.cells import gru_cell, lstm_cell
 from mt.config import Cell, ModelConfig
 from mt.dropout import Dropout
 from mt.tokenizer import BOS, PAD
@@ -182,10 +183,10 @@ class Decoder(nn.Module):
         gates, readout_terms = terms.split([self.gates_size, self.readout_size], dim=-1)
         recurrent = self.hidden_proj(state.hidden[0])
         if state.cell is not None:
-            hidden, cell = _lstm(gates + recurrent, state.cell[0])
+            hidden, cell = lstm_cell(gates + recurrent, state.cell[0])
             hiddens, cells = [hidden], [cell]
         else:
-            hiddens, cells = [_gru(gates, recurrent, state.hidden[0])], []
+            hiddens, cells = [gru_cell(gates, recurrent, state.hidden[0])], []
         for layer, upper_cell in enumerate(self.upper_cells, start=1):
             layer_input = self.dropout(hiddens[-1])
             if state.cell is not None:
@@ -239,23 +240,6 @@ def _at(mask: Tensor, rows: Tensor) -> Tensor:
     padded = rows.new_zeros(*mask.shape, rows.size(-1))
     padded[mask] = rows
     return padded
-
-
-def _gru(input_gates: Tensor, recurrent_gates: Tensor, hidden: Tensor) -> Tensor:
-    """A GRU cell's new state from its two products, W x + b_W and U h + b_U, each (rows, 3 hidden) in
-    the order r, z, n: the equations of `nn.GRUCell` (Cho et al. 2014), whose weights these are."""
-    size = hidden.size(-1)
-    reset, update = torch.sigmoid(input_gates[:, : 2 * size] + recurrent_gates[:, : 2 * size]).chunk(2, dim=-1)
-    candidate = torch.tanh(input_gates[:, 2 * size :] + reset * recurrent_gates[:, 2 * size :])
-    return candidate + update * (hidden - candidate)  # (1 - z) n + z h
-
-
-def _lstm(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
-    """An LSTM cell's new hidden and cell states from W x + U h + b (rows, 4 hidden) in the order i, f,
-    g, o: the equations of `nn.LSTMCell`, whose weights these are."""
-    input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=-1)
-    cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(input_gate) * torch.tanh(candidate)
-    return torch.sigmoid(output_gate) * torch.tanh(cell), cell
 
 
 def upgrade_weights(weights: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -142,3 +142,25 @@ def test_a_tabulated_decoder_steps_as_its_layers_do_and_trains_on_the_layers() -
     with torch.no_grad():
         model.decoder.embedded_proj.bias.add_(1.0)
     assert not torch.allclose(model.decoder.embedded_terms(torch.tensor([9])), table[9])
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_training_unrolls_the_encoder_rnn_into_its_annotations_and_gradients(
+    cell: str, layers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoder = tiny(cell, enc_layers=layers, dropout=0.0, emb_dropout=0.0).train().encoder
+    src, lengths = pad_batch([[5, 6, EOS], [7, 8, 9, 10, 11, EOS], [12, EOS], [13, 14, 15, 16, EOS]])
+    assert encoder._unrolls(src.device)
+    torch.manual_seed(1)
+    annotations_grad, summary_grad = torch.randn(4, 6, 16), torch.randn(4, 16)
+
+    def forward_backward() -> list[torch.Tensor]:
+        annotations, summary = encoder(src, lengths)
+        loss = (annotations * annotations_grad).sum() + (summary * summary_grad).sum()
+        return [annotations, summary, *torch.autograd.grad(loss, list(encoder.parameters()))]
+
+    unrolled = forward_backward()
+    monkeypatch.setattr(encoder, "_unrolls", lambda device: False)  # nn.GRU / nn.LSTM itself
+    for got, expected in zip(unrolled, forward_backward(), strict=True):
+        assert torch.allclose(got, expected, atol=1e-6)
