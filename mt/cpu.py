@@ -4,6 +4,9 @@ faster there. Training never sees these; `Translator.from_dir` applies them to t
 - `prepare_for_cpu` (fp32): a search step's linear layers become `PackedLinear`s, which multiply with
   oneDNN from a weight laid out once for its kernels; the other weights are held transposed.
 - `quantize_int8`: dynamic int8 quantization of the linear layers and RNNs.
+
+Both take a model whose decoder already holds its embedding table in fp32 (`Translator.from_dir`
+makes it first), so the embedding's terms in search are never quantized.
 """
 
 from __future__ import annotations
@@ -114,9 +117,10 @@ def quantize_int8(model: Seq2Seq) -> Seq2Seq:
     attention's energy layer v stays an fp32 `nn.Linear`: it maps each (hypothesis, source
     position) to one number, and in int8 it quantized a (rows, src_len, attn_size) activation for a
     matrix-vector product at every step, 12% of int8 beam search (Multi30k test in random batches of
-    16, 2 cores). On Multi30k validation (models/de-en, beam 5) this keeps 91.2% of translations
-    identical to fp32's, against 90.3% with one scale per layer and v in int8. (Packing v for oneDNN
-    did not pay here: 242.5 and 258.8 sentences/s against 256.4 and 260.6 unpacked, AMD EPYC.)
+    16, 2 cores). On Multi30k validation (models/de-en, beam 5) this kept 91.2% of translations
+    identical to fp32's (before the embedding table), against 90.3% with one scale per layer and v in
+    int8. (Packing v for oneDNN did not pay here: 242.5 and 258.8 sentences/s against 256.4 and 260.6
+    unpacked, AMD EPYC.)
     """
     spec: dict[type[nn.Module] | str, object] = {
         nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig,

@@ -160,8 +160,9 @@ class Decoder(nn.Module):
 
     def embedded_terms(self, tokens: Tensor) -> Tensor:
         """[W_e; O_e] E y + b, the previous pieces' share of the first cell's gates and the readout:
-        (...) piece ids -> (..., gates + readout)."""
-        if self.embedded_table is not None and not self.training:
+        (...) piece ids -> (..., gates + readout). Read from the table of `tabulate_embedded_terms`
+        where there is one and neither training nor gradients could change the weights under it."""
+        if self.embedded_table is not None and not self.training and not torch.is_grad_enabled():
             return self.embedded_table[tokens]
         embedded_terms: Tensor = self.embedded_proj(self.emb_dropout(self.embedding(tokens)))
         return embedded_terms
@@ -174,7 +175,7 @@ class Decoder(nn.Module):
         product was a tenth of a step: Multi30k test in random batches of 32 ran at 154 sentences/s
         against 140, one sentence took 20 ms against 23, and the translations were the same. The table
         (vocab x terms floats, 43 MB for models/de-en) does not follow later changes to the weights, so
-        `embedded_terms` ignores it in training mode."""
+        `embedded_terms` ignores it in training mode and wherever gradients are on."""
         self.embedded_table = self.embedded_proj(self.embedding.weight)
 
     def _advance(self, terms: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:

@@ -129,11 +129,12 @@ def test_a_tabulated_decoder_steps_as_its_layers_do_and_trains_on_the_layers() -
     model, untabulated = tiny(), tiny()
     model.decoder.tabulate_embedded_terms()
     src, lengths = pad_batch([[5, 6, 7, EOS], [8, EOS]])
-    state, expected_state = model.encode(src, lengths), untabulated.encode(src, lengths)
-    for prev in ([BOS, BOS], [9, 29], [EOS, 11]):
-        log_probs, _, state = model.decoder.step(torch.tensor(prev), state)
-        expected, _, expected_state = untabulated.decoder.step(torch.tensor(prev), expected_state)
-        assert torch.allclose(log_probs, expected, atol=1e-6)
+    with torch.inference_mode():  # as search runs: with gradients on, the layers compute
+        state, expected_state = model.encode(src, lengths), untabulated.encode(src, lengths)
+        for prev in ([BOS, BOS], [9, 29], [EOS, 11]):
+            log_probs, _, state = model.decoder.step(torch.tensor(prev), state)
+            expected, _, expected_state = untabulated.decoder.step(torch.tensor(prev), expected_state)
+            assert torch.allclose(log_probs, expected, atol=1e-6)
     assert "decoder.embedded_table" not in model.state_dict()  # derived from the weights: never saved
 
     table = model.decoder.embedded_table
@@ -150,10 +151,11 @@ def test_training_unrolls_the_encoder_rnn_into_its_annotations_and_gradients(
     cell: str, layers: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     encoder = tiny(cell, enc_layers=layers, dropout=0.0, emb_dropout=0.0).train().encoder
-    src, lengths = pad_batch([[5, 6, EOS], [7, 8, 9, 10, 11, EOS], [12, EOS], [13, 14, 15, 16, EOS]])
+    # unsorted lengths, two equal, and a sentence of </s> alone
+    src, lengths = pad_batch([[5, 6, EOS], [7, 8, 9, 10, 11, EOS], [EOS], [13, 14, 15, 16, EOS], [17, 18, EOS]])
     assert encoder._unrolls(src.device)
     torch.manual_seed(1)
-    annotations_grad, summary_grad = torch.randn(4, 6, 16), torch.randn(4, 16)
+    annotations_grad, summary_grad = torch.randn(5, 6, 16), torch.randn(5, 16)
 
     def forward_backward() -> list[torch.Tensor]:
         annotations, summary = encoder(src, lengths)
