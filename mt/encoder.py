@@ -1,13 +1,14 @@
 """Bidirectional recurrent encoder (Bahdanau et al. 2015, section 3.2): each source position is
 annotated with the concatenation of a forward and a backward GRU (or LSTM) state.
 
-The weights are those of one `nn.GRU` (or `nn.LSTM`), which computes the annotations everywhere but in
-fp32 training on the CPU (`_unrolls`). There PyTorch's RNN runs each direction's steps on their own and multiplies the
-input by W at every step, and autograd then goes back through all of those small products. Training
-instead unrolls the same equations (`_train_steps`): the input's product for every step and both
-directions at once, then one batched product per step for the two directions' recurrences, over the
-sentences still running. On the default de->en config (AMD EPYC, 2 cores) forward and backward of the
-encoder took 271-293 ms a batch against 318-339, and training ran 3-5% faster in alternating runs.
+The weights are those of one `nn.GRU` (or `nn.LSTM`), which computes the annotations everywhere but
+in fp32 training on the CPU (`_unrolls`). There PyTorch's RNN runs each direction's steps on their
+own and multiplies the input by W at every step, and autograd then goes back through all of those
+small products. Training instead unrolls the same equations (`_train_steps`): the input's product
+for every step and both directions at once, then one batched product per step for the two
+directions' recurrences, over the sentences still running. On the default de->en config (AMD EPYC,
+2 cores) forward and backward of the encoder took 271-293 ms a batch against 318-339, and training
+ran 3-5% faster in alternating runs.
 """
 
 from __future__ import annotations
@@ -69,9 +70,10 @@ class Encoder(nn.Module):
         sentence (batch, 2*hidden): the last forward and the first backward state of the top layer.
         """
         embedded = self.emb_dropout(self.embedding(src))
-        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        lengths = lengths.cpu()
+        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
         if self._unrolls(src.device):
-            packed_out, summary = self._train_steps(packed)
+            packed_out, summary = self._train_steps(packed, lengths[packed.sorted_indices])
         else:
             packed_out, final = self.rnn(packed)
             hidden = final[0] if isinstance(final, tuple) else final  # LSTM returns (h, c)
@@ -86,8 +88,9 @@ class Encoder(nn.Module):
         training = self.training and torch.is_grad_enabled()
         return training and device.type == "cpu" and not torch.is_autocast_enabled("cpu")
 
-    def _train_steps(self, packed: PackedSequence) -> tuple[PackedSequence, Tensor]:
-        """What `self.rnn(packed)` computes, and the summary, with the steps unrolled here.
+    def _train_steps(self, packed: PackedSequence, lengths: Tensor) -> tuple[PackedSequence, Tensor]:
+        """What `self.rnn(packed)` computes, and the summary, with the steps unrolled here. `lengths`: the
+        sentences' lengths in the packed order, longest first, on the CPU.
 
         A packed batch holds its sentences longest first, step after step: step t is the rows of the
         sentences longer than t. The backward direction reads each sentence from its end; its input at
@@ -98,11 +101,12 @@ class Encoder(nn.Module):
         sizes = packed.batch_sizes  # (steps,): sentences longer than each step, on the CPU
         rows_per_step = sizes.tolist()
         starts = sizes.cumsum(0) - sizes  # each step's first position in the packed data
-        lengths = (sizes.unsqueeze(0) > torch.arange(rows_per_step[0]).unsqueeze(1)).sum(1)  # longest first
         step = torch.repeat_interleave(torch.arange(len(rows_per_step)), sizes)  # of each packed position
         row = torch.arange(step.size(0)) - starts[step]
         mirror = starts[lengths[row] - 1 - step] + row
         last = starts[lengths - 1] + torch.arange(lengths.size(0))  # each sentence's last step
+
+        is_lstm = isinstance(rnn, nn.LSTM)
 
         def both(name: str) -> Tensor:  # a weight of the forward and the backward direction, stacked
             return torch.stack([getattr(rnn, name), getattr(rnn, f"{name}_reverse")])
@@ -117,12 +121,12 @@ class Encoder(nn.Module):
             inputs = torch.stack([layer_input, layer_input[mirror]])
             input_gates = torch.baddbmm(bias_ih.unsqueeze(1), inputs, weight_ih.transpose(1, 2))  # every step at once
             hidden = layer_input.new_zeros(2, rows_per_step[0], rnn.hidden_size)
-            cell = torch.zeros_like(hidden)
+            cell = torch.zeros_like(hidden) if is_lstm else hidden  # a GRU has no cell state
             outputs = []
             for rows, step_gates in zip(rows_per_step, input_gates.split(rows_per_step, dim=1), strict=True):
                 hidden = hidden[:, :rows]  # the sentences that ended before this step leave
                 recurrent = torch.baddbmm(bias_hh.unsqueeze(1), hidden, weight_hh.transpose(1, 2))
-                if isinstance(rnn, nn.LSTM):
+                if is_lstm:
                     hidden, cell = lstm_cell(step_gates + recurrent, cell[:, :rows])
                 else:
                     hidden = gru_cell(step_gates, recurrent, hidden)
