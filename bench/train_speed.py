@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mt.config import Config
 from mt.data import clean, load_split
 from mt.model import Seq2Seq
-from mt.train import collate, keep_freed_memory, make_batches, train_step, train_tokenizers
+from mt.train import collate, keep_freed_memory, make_batches, make_optimizer, train_step, train_tokenizers
 
 
 def main() -> None:
@@ -49,7 +49,7 @@ def main() -> None:
     src, tgt = src_tok.encode(corpus.src), tgt_tok.encode(corpus.tgt)
     batches = make_batches(src, tgt, batch_tokens=config.train.batch_tokens, rng=random.Random(0))
     model = Seq2Seq.from_config(config.model, src_vocab=len(src_tok), tgt_vocab=len(tgt_tok))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    optimizer = make_optimizer(model, config.train)
     device = torch.device("cpu")
 
     rates: list[float] = []
