@@ -39,8 +39,13 @@ class AdditiveAttention(nn.Module):
         mask: (batch, src_len), True at real tokens, False at padding
         Returns the weighted values (batch * group, size) and the attention weights (batch * group, src_len).
         """
+        return self.attend(self.query_layer(query), keys, values, mask)
+
+    def attend(self, projected_query: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """`forward` from the query's projection W s_{i-1} + b (batch * group, attn_size), for a caller
+        that computed it along with other products of the same query."""
         batch = keys.size(0)
-        projected = self.query_layer(query).view(batch, -1, 1, keys.size(-1))  # (batch, group, 1, attn_size)
+        projected = projected_query.view(batch, -1, 1, keys.size(-1))  # (batch, group, 1, attn_size)
         # v . tanh(u) = 2 v . sigmoid(2u) - sum(v), and softmax ignores a term shared by all positions
         squashed = (keys.unsqueeze(1) + projected).mul_(2).sigmoid_()  # (batch, group, src_len, attn_size)
         energies = self.energy_layer(squashed).squeeze(-1).mul_(2)  # e_ij + sum(v): (batch, group, src_len)

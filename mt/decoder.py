@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mt.attention import AdditiveAttention
@@ -178,11 +179,14 @@ class Decoder(nn.Module):
         `embedded_terms` ignores it in training mode and wherever gradients are on."""
         self.embedded_table = self.embedded_proj(self.embedding.weight)
 
-    def _advance(self, terms: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
-        """One recurrence step from the terms of E y_{i-1} and c_i (rows, gates + readout); returns the
-        readout's share of them (rows, readout) and the new state."""
+    def _advance(
+        self, terms: Tensor, state: DecoderState, recurrent: Tensor | None = None
+    ) -> tuple[Tensor, DecoderState]:
+        """One recurrence step from the terms of E y_{i-1} and c_i (rows, gates + readout), and U s_{i-1} + b
+        if the caller has it; returns the readout's share of the terms (rows, readout) and the new state."""
         gates, readout_terms = terms.split([self.gates_size, self.readout_size], dim=-1)
-        recurrent = self.hidden_proj(state.hidden[0])
+        if recurrent is None:
+            recurrent = self.hidden_proj(state.hidden[0])
         if state.cell is not None:
             hidden, cell = lstm_cell(gates + recurrent, state.cell[0])
             hiddens, cells = [hidden], [cell]
@@ -216,10 +220,20 @@ class Decoder(nn.Module):
         src_len, enc_size) and summary (batch, enc_size); mask (batch, src_len) -> logits (batch, tgt_len, vocab)."""
         state = self.init_state(annotations, summary, mask, project=False)
         embedded_terms = self.embedded_terms(tgt_in)  # every step at once
+        attention = self.attention
+        if self.num_layers == 1:  # s_{i-1} is the query and the recurrence's input: one product for both
+            query_layer, hidden_proj = attention.query_layer, self.hidden_proj
+            weight = torch.cat([query_layer.weight, hidden_proj.weight])
+            bias = torch.cat([query_layer.bias, hidden_proj.bias])
+            split = [query_layer.out_features, hidden_proj.out_features]
         hiddens, readout_terms = [], []
         for embedded_t in embedded_terms.unbind(1):  # unbind: slicing per step would cost a full-size backward each
-            context, _ = self.attention(state.hidden[-1], state.keys, state.values, state.mask)
-            terms, state = self._advance(embedded_t + self.context_proj(context), state)
+            if self.num_layers == 1:
+                query, recurrent = F.linear(state.hidden[0], weight, bias).split(split, dim=-1)
+            else:
+                query, recurrent = attention.query_layer(state.hidden[-1]), None
+            context, _ = attention.attend(query, state.keys, state.values, state.mask)
+            terms, state = self._advance(embedded_t + self.context_proj(context), state, recurrent)
             hiddens.append(state.hidden[-1])
             readout_terms.append(terms)
         return self._logits(torch.stack(hiddens, dim=1), torch.stack(readout_terms, dim=1))

@@ -112,8 +112,10 @@ def test_weights_of_the_older_layout_load_and_the_decoder_computes_what_its_laye
 SPLIT_LAYERS = {"embedded_proj", "context_proj", "hidden_proj", "readout_proj", "upper_cells"}
 
 
-def test_teacher_forcing_gives_the_log_probabilities_of_search_steps() -> None:
-    model = tiny("gru", dec_layers=2)
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("layers", [1, 2])  # one layer: the query and the recurrence in one product
+def test_teacher_forcing_gives_the_log_probabilities_of_search_steps(cell: str, layers: int) -> None:
+    model = tiny(cell, dec_layers=layers)
     src, lengths = pad_batch([[5, 6, 7, EOS], [8, EOS]])
     tgt_in = torch.tensor([[2, 9, 10], [2, 11, 12]])
     logits = model(src, lengths, tgt_in)
