@@ -13,6 +13,8 @@ operation of a search step.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -44,12 +46,76 @@ class AdditiveAttention(nn.Module):
     def attend(self, projected_query: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """`forward` from the query's projection W s_{i-1} + b (batch * group, attn_size), for a caller
         that computed it along with other products of the same query."""
+        weights = self.align(projected_query, keys, mask)
+        context = torch.bmm(weights, values)  # (batch, group, size)
+        return context.flatten(0, 1), weights.flatten(0, 1)
+
+    def align(self, projected_query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """The attention weights (batch, group, src_len) of `attend`, without weighing the values."""
         batch = keys.size(0)
         projected = projected_query.view(batch, -1, 1, keys.size(-1))  # (batch, group, 1, attn_size)
         # v . tanh(u) = 2 v . sigmoid(2u) - sum(v), and softmax ignores a term shared by all positions
         squashed = (keys.unsqueeze(1) + projected).mul_(2).sigmoid_()  # (batch, group, src_len, attn_size)
         energies = self.energy_layer(squashed).squeeze(-1).mul_(2)  # e_ij + sum(v): (batch, group, src_len)
         energies = energies.masked_fill(~mask.unsqueeze(1), float("-inf"))
-        weights = torch.softmax(energies, dim=-1)
-        context = torch.bmm(weights, values)  # (batch, group, size)
-        return context.flatten(0, 1), weights.flatten(0, 1)
+        weights: Tensor = torch.softmax(energies, dim=-1)
+        return weights
+
+
+class StepValues:
+    """The values of teacher forcing, weighed at every target step, with their gradient summed once.
+
+    Autograd would add a (batch, src_len, size) gradient into the values at each step's backward: the
+    outer product of the step's weights a_t and its context's gradient g_t. Here a step's backward only
+    keeps those two, and the values' own backward, which autograd runs after every step that uses
+    them, sums them in one batched product, sum_t a_t^T g_t = A^T G. A step's record is replaced if
+    it runs backward again, so a second backward through the same graph counts each step once.
+    Alternating batches of the default de->en config in one process (AMD EPYC, 2 threads), a training
+    step took 1.1% less time (the median of the per-batch ratios over 100 batches).
+    """
+
+    def __init__(self, values: Tensor) -> None:
+        self._records: dict[int, tuple[Tensor, Tensor]] = {}  # step -> (weights, gradient of its context)
+        self.values = _SummedGradient.apply(values, self._records)
+
+    def weigh(self, weights: Tensor, step: int) -> Tensor:
+        """sum_j a_ij v_j: weights (batch, group, src_len) -> (batch * group, size)."""
+        context: Tensor = _Weigh.apply(weights, self.values, self._records, step)
+        return context.flatten(0, 1)
+
+
+class _SummedGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, values: Tensor, records: dict[int, tuple[Tensor, Tensor]]) -> Tensor:
+        ctx.records = records
+        ctx.set_materialize_grads(False)
+        return values.view_as(values)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor | None) -> tuple[Tensor | None, None]:
+        if not ctx.records:
+            return grad, None
+        weights, grads = (torch.cat(parts, dim=1) for parts in zip(*ctx.records.values(), strict=True))
+        ctx.records.clear()
+        summed = torch.bmm(weights.transpose(1, 2), grads)  # (batch, src_len, size)
+        return summed if grad is None else summed + grad, None
+
+
+class _Weigh(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, weights: Tensor, values: Tensor, records: dict[int, tuple[Tensor, Tensor]], step: int
+    ) -> Tensor:
+        device = values.device.type
+        if torch.is_autocast_enabled(device):  # multiply as autocast would, and go back in the same dtype
+            dtype = torch.get_autocast_dtype(device)
+            weights, values = weights.to(dtype), values.to(dtype)
+        ctx.save_for_backward(weights, values)
+        ctx.records, ctx.step = records, step
+        return torch.bmm(weights, values)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        weights, values = ctx.saved_tensors
+        ctx.records[ctx.step] = (weights, grad)  # the values' share, summed by _SummedGradient
+        return torch.bmm(grad, values.transpose(1, 2)), None, None, None

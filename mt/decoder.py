@@ -11,8 +11,9 @@ The context reaches the first cell's gates and the readout only through a linear
 W_c c_i = sum_j a_ij (W_c h_j). Search computes W_c h_j once per sentence (`init_state`), and a step
 weighs them by its attention: src_len multiply-adds per output instead of enc_size, a third of the
 work of a beam search step. Teacher forcing (`forward`) instead projects each step's context, since
-its backward would otherwise add up a full (batch, src_len, terms) gradient at every step; there the
-embedding's share of the gates and readout is one matrix product for all target steps. A model loaded
+its backward would otherwise add up a full (batch, src_len, terms) gradient at every step, and sums the
+gradient of the h_j it weighs once for all steps (`StepValues`); there the embedding's share of the
+gates and readout is one matrix product for all target steps. A model loaded
 to translate holds that share for every piece of the vocabulary (`tabulate_embedded_terms`), and a
 search step looks up its previous pieces' rows. Search drives the decoder one `step()` at a time and
 reorders its state with `DecoderState.select()`.
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mt.attention import AdditiveAttention
+from mt.attention import AdditiveAttention, StepValues
 from mt.cells import gru_cell, lstm_cell
 from mt.config import Cell, ModelConfig
 from mt.dropout import Dropout
@@ -226,13 +227,15 @@ class Decoder(nn.Module):
             weight = torch.cat([query_layer.weight, hidden_proj.weight])
             bias = torch.cat([query_layer.bias, hidden_proj.bias])
             split = [query_layer.out_features, hidden_proj.out_features]
+        values = StepValues(state.values)
         hiddens, readout_terms = [], []
-        for embedded_t in embedded_terms.unbind(1):  # unbind: slicing per step would cost a full-size backward each
+        # unbind: slicing out each step would cost a full-size backward per step
+        for step, embedded_t in enumerate(embedded_terms.unbind(1)):
             if self.num_layers == 1:
                 query, recurrent = F.linear(state.hidden[0], weight, bias).split(split, dim=-1)
             else:
                 query, recurrent = attention.query_layer(state.hidden[-1]), None
-            context, _ = attention.attend(query, state.keys, state.values, state.mask)
+            context = values.weigh(attention.align(query, state.keys, state.mask), step)
             terms, state = self._advance(embedded_t + self.context_proj(context), state, recurrent)
             hiddens.append(state.hidden[-1])
             readout_terms.append(terms)

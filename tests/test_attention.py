@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mt.attention import AdditiveAttention
+from mt.attention import AdditiveAttention, StepValues
 
 
 def make(seed: int = 0) -> tuple[AdditiveAttention, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -52,3 +52,37 @@ def test_attention_weights_are_the_softmax_of_bahdanau_energies() -> None:
     assert torch.allclose(weights, expected, atol=1e-6)
     expected_context = torch.bmm(expected.unsqueeze(1), values.repeat_interleave(2, dim=0)).squeeze(1)
     assert torch.allclose(context, expected_context, atol=1e-6)
+
+
+def test_step_values_give_the_gradients_of_weighing_at_every_step() -> None:
+    """Teacher forcing sums the values' gradient over the steps once, in StepValues; it must be the
+    gradient autograd gives for a bmm per step, also when a step is left out of the loss and when the
+    graph is walked backward twice."""
+    torch.manual_seed(0)
+    values = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    weights = [torch.softmax(torch.randn(3, 2, 4, dtype=torch.float64), -1).requires_grad_() for _ in range(3)]
+    scales = [torch.randn(6, 5, dtype=torch.float64) for _ in range(3)]
+
+    def loss(contexts: list[torch.Tensor]) -> torch.Tensor:  # the second step's context is not used
+        return (contexts[0] * scales[0]).sum() + (contexts[2] * scales[2]).sum()
+
+    inputs = [values, weights[0], weights[2]]
+    expected = torch.autograd.grad(loss([torch.bmm(w, values).flatten(0, 1) for w in weights]), inputs)
+    step_values = StepValues(values)
+    total = loss([step_values.weigh(w, step) for step, w in enumerate(weights)])
+    for _ in range(2):  # again through the same graph: each step counted once
+        grads = torch.autograd.grad(total, inputs, retain_graph=True)
+        assert all(torch.allclose(g, e) for g, e in zip(grads, expected, strict=True))
+
+
+def test_step_values_under_bf16_autocast_multiply_in_bf16_and_return_fp32_gradients() -> None:
+    torch.manual_seed(0)
+    values = torch.randn(3, 4, 5, requires_grad=True)
+    weights = torch.softmax(torch.randn(3, 1, 4), -1).requires_grad_()
+    (expected,) = torch.autograd.grad(torch.bmm(weights, values).square().sum(), [values])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        context = StepValues(values).weigh(weights, 0)
+    assert context.dtype == torch.bfloat16
+    (grad,) = torch.autograd.grad(context.float().square().sum(), [values])
+    assert grad.dtype == torch.float32
+    assert torch.allclose(grad, expected, rtol=0.05, atol=0.05)
