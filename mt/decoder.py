@@ -227,7 +227,7 @@ class Decoder(nn.Module):
             weight = torch.cat([query_layer.weight, hidden_proj.weight])
             bias = torch.cat([query_layer.bias, hidden_proj.bias])
             split = [query_layer.out_features, hidden_proj.out_features]
-        values = StepValues(state.values)
+        values, context_weight = StepValues(state.values), self.context_proj.weight.t()
         hiddens, readout_terms = [], []
         # unbind: slicing out each step would cost a full-size backward per step
         for step, embedded_t in enumerate(embedded_terms.unbind(1)):
@@ -236,7 +236,8 @@ class Decoder(nn.Module):
             else:
                 query, recurrent = attention.query_layer(state.hidden[-1]), None
             context = values.weigh(attention.align(query, state.keys, state.mask), step)
-            terms, state = self._advance(embedded_t + self.context_proj(context), state, recurrent)
+            terms = torch.addmm(embedded_t, context, context_weight)  # E y_{i-1} and c_i terms in one product
+            terms, state = self._advance(terms, state, recurrent)
             hiddens.append(state.hidden[-1])
             readout_terms.append(terms)
         return self._logits(torch.stack(hiddens, dim=1), torch.stack(readout_terms, dim=1))
