@@ -57,7 +57,9 @@ def free_port() -> int:
 def start_server(models: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     command = [sys.executable, "-m", "mt", "serve", "--models", models, "--port", str(port)]
-    process = subprocess.Popen(command, env={**os.environ, **env})
+    # stdout carries uvicorn's access log, a line per request, which would bury the figures; the server's
+    # own messages and errors go to stderr and still show
+    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
