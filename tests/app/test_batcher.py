@@ -42,6 +42,7 @@ class SlowTranslator:
 
     def __init__(self, translator: Translator) -> None:
         self.translator, self.release, self.calls = translator, threading.Event(), 0
+        self.batch_sizes: list[int] = []
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         return self.translator.encode(texts)
@@ -50,6 +51,7 @@ class SlowTranslator:
         self, sources: list[list[int]], decode: DecodeConfig, *, deadline: float
     ) -> list[Translation]:
         self.calls += 1
+        self.batch_sizes.append(decode.batch_size)
         self.release.wait(timeout=10)
         return self.translator.translate_encoded(sources, decode, deadline=deadline)
 
@@ -179,3 +181,20 @@ def test_a_batch_waits_for_as_many_sentences_as_were_in_flight_before(models_dir
     results = asyncio.run(scenario())
     assert [r[0].text for r in results] == [t.text for t in slow.translator.translate(texts)]
     assert slow.calls == 2
+
+
+def test_a_batch_is_searched_at_most_max_sentences_at_a_time(models_dir: Path) -> None:
+    slow = SlowTranslator(Translator.from_dir(models_dir / "src-tgt", device="cpu"))
+    slow.release.set()
+    texts = ["alpha bravo", "kilo lima", "echo golf", "alpha", "kilo"]
+
+    async def scenario() -> list[Translation]:
+        batcher = Batcher(slow, max_sentences=2, wait_seconds=0.0)  # type: ignore[arg-type]
+        batcher.start()
+        result = await batcher.translate(texts, DecodeConfig(batch_size=64))  # one request over the bound
+        await batcher.close()
+        return result
+
+    result = asyncio.run(scenario())
+    assert slow.batch_sizes == [2]  # the search takes the batcher's bound, not the model's batch size
+    assert [t.text for t in result] == [t.text for t in slow.translator.translate(texts)]
