@@ -39,7 +39,9 @@ def create_app(settings: Settings | None = None, models: dict[tuple[str, str], S
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal models
         if models is None:
-            load = functools.partial(load_models, settings.models_dir, settings.device, int8=settings.int8)
+            load = functools.partial(
+                load_models, settings.models_dir, settings.device, int8=settings.int8, bf16=settings.bf16
+            )
             models = await asyncio.get_running_loop().run_in_executor(TORCH_THREAD, load)
         batchers = {
             pair: Batcher(

@@ -26,9 +26,11 @@ class ServedModel:
     translator: Translator
 
 
-def load_models(models_dir: str | Path, device: str, *, int8: bool = False) -> dict[tuple[str, str], ServedModel]:
-    """Load every model directory under `models_dir` (those holding a config.json) once; `int8`
-    quantizes them for faster CPU inference."""
+def load_models(
+    models_dir: str | Path, device: str, *, int8: bool = False, bf16: bool = False
+) -> dict[tuple[str, str], ServedModel]:
+    """Load every model directory under `models_dir` (those holding a config.json) once, in int8 or bf16
+    if asked (`Translator.from_dir`)."""
     folder = Path(models_dir)
     if not folder.is_dir():
         raise ModelsError(f"models folder {folder} does not exist")
@@ -39,7 +41,7 @@ def load_models(models_dir: str | Path, device: str, *, int8: bool = False) -> d
     models: dict[tuple[str, str], ServedModel] = {}
     for path in candidates:
         try:
-            translator = Translator.from_dir(path, device=resolved, int8=int8)
+            translator = Translator.from_dir(path, device=resolved, int8=int8, bf16=bf16)
             translator.decode.validate()
         except (ModelDirError, ValueError, OSError) as error:
             raise ModelsError(f"cannot serve {path}: {error}") from error
@@ -47,7 +49,14 @@ def load_models(models_dir: str | Path, device: str, *, int8: bool = False) -> d
         if pair in models:
             raise ModelsError(f"{path} and {models[pair].path} both translate {pair[0]}->{pair[1]}")
         models[pair] = ServedModel(pair[0], pair[1], path, translator)
-        log.info("loaded %s (%s->%s) on %s%s", path, pair[0], pair[1], resolved, " in int8" if int8 else "")
+        log.info(
+            "loaded %s (%s->%s) on %s%s",
+            path,
+            pair[0],
+            pair[1],
+            resolved,
+            " in int8" if int8 else " in bf16" if bf16 else "",
+        )
     return models
 
 

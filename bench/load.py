@@ -10,9 +10,10 @@ prints requests/s, p50/p95/p99 latency, the batch sizes the server formed (from 
 shed with 503/429 (each must carry Retry-After), and errors: anything else that is not a 200, or a
 connection failure. The server's resident memory is printed at start, after warm-up and at the end.
 
-With --offline it also translates the whole file at once in this process, while the server is idle,
-before each client count and after the last: the offline batch rate of the same model and settings,
-measured in the same minutes as the load (this machine's speed drifts by 20% within half an hour).
+With --offline it also translates the whole file at once in this process (in int8 or bf16 when --env
+sets MT_INT8 or MT_BF16), while the server is idle, before each client count and after the last: the
+offline batch rate of the same model and settings, measured in the same minutes as the load (this
+machine's speed drifts by 20% within half an hour).
 Each client count's requests/s is then also given as a share of the mean of the offline rates
 measured just before and just after it.
 """
@@ -162,7 +163,8 @@ def main() -> None:
     rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
     sentences = [row[args.source] for row in rows]
     body = {"source": args.source, "target": args.target}
-    process, url = (None, args.url) if args.url else start_server(args.models, dict(e.split("=", 1) for e in args.env))
+    env = dict(e.split("=", 1) for e in args.env)
+    process, url = (None, args.url) if args.url else start_server(args.models, env)
     try:
         print(describe())
         print(f"server: {url}{' ' + ' '.join(args.env) if args.env else ''}; one sentence per request")
@@ -174,7 +176,10 @@ def main() -> None:
             print(f"server memory after 200 warm-up requests: {warm:.0f} MiB")
         offline = None
         if args.offline:
-            offline = Translator.from_dir(Path(args.models) / f"{args.source}-{args.target}", device="cpu")
+            precision = {
+                key: env.get(f"MT_{key.upper()}", "").lower() in ("1", "true", "yes", "on") for key in ("int8", "bf16")
+            }
+            offline = Translator.from_dir(Path(args.models) / f"{args.source}-{args.target}", device="cpu", **precision)
             offline.translate(sentences[:64])  # warm-up
             rate = offline_rate(offline, sentences)
             print(f"offline: {rate:.1f} sentences/s, {len(sentences)} sentences at once")

@@ -5,8 +5,9 @@
     python bench/translate_speed.py --repeats 1 --limit 200  # a quick look
     python bench/translate_speed.py --random-batches 16 32   # also batches as a server forms them
 
-Batch: the whole test set (1000 sentences) through `Translator.translate`, greedy and beam 5, fp32 and
-int8; sentences/s is the median of --repeats runs, with sacreBLEU beside each. Latency: one typical
+Batch: the whole test set (1000 sentences) through `Translator.translate`, greedy and beam 5, in fp32,
+int8 (CPU) and bf16 (GPU, or a CPU where oneDNN has bfloat16 kernels); sentences/s is the median of
+--repeats runs, with sacreBLEU beside each. Latency: one typical
 sentence (the test sentence closest to 12 words), translated alone --latency-runs times; p50 and p95.
 """
 
@@ -24,6 +25,7 @@ import sacrebleu
 import torch
 from machine import describe
 
+from mt.cpu import bf16_supported
 from mt.translator import Translator
 
 
@@ -48,7 +50,7 @@ def main() -> None:
         nargs="*",
         default=[],
         metavar="N",
-        help="also fp32 beam 5 in batches of N sentences in random order, the batches a server forms",
+        help="also beam 5 (fp32, bf16) in batches of N sentences in random order, the batches a server forms",
     )
     args = parser.parse_args()
 
@@ -60,11 +62,14 @@ def main() -> None:
     print(describe())
     print(f"model: {args.model}; {len(sources)} sentences of {args.data}; device {args.device}")
     print(f"typical sentence ({len(typical.split())} words): {typical}")
-    for int8 in (False, True) if args.device == "cpu" else (False,):
-        translator = Translator.from_dir(args.model, device=args.device, int8=int8)
-        if not int8:
+    on_cpu = args.device == "cpu"
+    precisions = ["fp32", *(["int8"] if on_cpu else []), *(["bf16"] if bf16_supported() or not on_cpu else [])]
+    for precision in precisions:
+        int8, bf16 = precision == "int8", precision == "bf16"
+        translator = Translator.from_dir(args.model, device=args.device, int8=int8, bf16=bf16)
+        if precision == "fp32":
             print(f"{translator.num_parameters:,} parameters")
-        print(f"\n{'int8' if int8 else 'fp32'}")
+        print(f"\n{precision}")
         print(f"{'search':8} {'sentences/s':>12} {'BLEU':>6} {'p50 ms':>7} {'p95 ms':>7}")
         for beam_size in (1, 5):
             decode = dataclasses.replace(translator.decode, beam_size=beam_size, n_best=1)
@@ -90,16 +95,16 @@ def main() -> None:
                 f"{percentile(latencies, 50):7.1f} {percentile(latencies, 95):7.1f}"
             )
         if args.random_batches and not int8:
-            random_batches(translator, sources, args.random_batches, args.repeats)
+            random_batches(translator, sources, args.random_batches, args.repeats, precision)
 
 
-def random_batches(translator: Translator, sources: list[str], sizes: list[int], repeats: int) -> None:
+def random_batches(translator: Translator, sources: list[str], sizes: list[int], repeats: int, precision: str) -> None:
     """Sentences/s of beam 5 over `sources` shuffled and cut into batches of each size: what batch
     translation gives a server whose batches hold that many sentences of random lengths."""
     decode = dataclasses.replace(translator.decode, beam_size=5, n_best=1)
     order = sources[:]
     random.Random(0).shuffle(order)
-    print("\nfp32 beam 5, batches of random sentences (as a server forms them)")
+    print(f"\n{precision} beam 5, batches of random sentences (as a server forms them)")
     print(f"{'batch':>8} {'sentences/s':>12}")
     for size in sizes:
         rates = []

@@ -54,6 +54,9 @@ def _add_decode_flags(parser: argparse.ArgumentParser) -> None:
     _add_config_flags(parser, ["decode"])
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument("--int8", action="store_true", help="quantize to int8 for faster CPU inference")
+    parser.add_argument(
+        "--bf16", action="store_true", help="multiply in bfloat16: GPUs, and CPUs with AMX or AVX512-BF16"
+    )
 
 
 def _decode_config(args: argparse.Namespace, translator_decode: DecodeConfig) -> DecodeConfig:
@@ -99,7 +102,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     if world.size > 1 and not args.input:
         raise ValueError("under torchrun, give the text to translate as --input: every rank reads it")
     device = world.join(resolve_device(args.device))
-    translator = Translator.from_dir(args.model, device=str(device), int8=args.int8)
+    translator = Translator.from_dir(args.model, device=str(device), int8=args.int8, bf16=args.bf16)
     decode = _decode_config(args, translator.decode)
     source = Path(args.input).read_bytes() if args.input else sys.stdin.buffer.read()
     lines = read_lines(source)
@@ -127,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mt.evaluate import evaluate, read_test_set
     from mt.translator import Translator
 
-    translator = Translator.from_dir(args.model, device=args.device, int8=args.int8)
+    translator = Translator.from_dir(args.model, device=args.device, int8=args.int8, bf16=args.bf16)
     decode = _decode_config(args, translator.decode)
     src_lang = args.src_lang or translator.source_lang
     tgt_lang = args.tgt_lang or translator.target_lang
@@ -170,6 +173,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "models_dir": args.models,
         "device": args.device,
         "int8": args.int8 or None,
+        "bf16": args.bf16 or None,
         "api_keys_file": args.api_keys_file,
         "rate_limit_per_minute": args.rate_limit_per_minute,
         "cors_origins": args.cors_origins,
@@ -177,7 +181,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings(**{key: value for key, value in flags.items() if value is not None})
     logging.getLogger("app").setLevel(logging.INFO)
     try:  # before the server starts, so that a bad models folder is one clear line, not a traceback
-        models = TORCH_THREAD.submit(load_models, settings.models_dir, settings.device, int8=settings.int8).result()
+        models = TORCH_THREAD.submit(
+            load_models, settings.models_dir, settings.device, int8=settings.int8, bf16=settings.bf16
+        ).result()
     except ModelsError as error:
         print(f"mt serve: error: {error}", file=sys.stderr)
         return 2
@@ -236,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--models", help="folder of model directories (default: models; env MT_MODELS_DIR)")
     serve.add_argument("--device", help="cpu, cuda or auto (default: auto; env MT_DEVICE)")
     serve.add_argument("--int8", action="store_true", help="quantize the models to int8 (CPU only; env MT_INT8)")
+    serve.add_argument(
+        "--bf16", action="store_true", help="multiply in bfloat16: GPUs, CPUs with AMX or AVX512-BF16 (env MT_BF16)"
+    )
     serve.add_argument(  # no flag for the keys themselves: flags show in `ps`
         "--api-keys-file",
         help="file of API keys, one per line, that /translate then requires (env MT_API_KEYS_FILE; "

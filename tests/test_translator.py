@@ -9,7 +9,7 @@ from torch import nn
 
 from mt.checkpoint import load_model_dir
 from mt.config import DecodeConfig
-from mt.cpu import PER_SOURCE_POSITION, PackedLinear
+from mt.cpu import PER_SOURCE_POSITION, PackedLinear, bf16_supported
 from mt.translator import Translator
 
 from .conftest import reverse_task
@@ -70,4 +70,72 @@ def test_a_packed_linear_layer_computes_what_the_linear_layer_does() -> None:
         packed = PackedLinear(linear)
         for x in (torch.randn(1, 24), torch.randn(7, 24), torch.randn(3, 5, 24)):
             assert torch.allclose(packed(x), linear(x), atol=1e-5)
-    assert "in_features=24, out_features=40, bias=False" in repr(packed)
+    assert "in_features=24, out_features=40, bias=False, dtype=torch.float32" in repr(packed)
+
+
+needs_bf16 = pytest.mark.skipif(not bf16_supported(), reason="oneDNN has no bfloat16 kernels on this CPU")
+
+
+@needs_bf16
+def test_a_bf16_packed_linear_layer_multiplies_in_bfloat16_and_answers_in_fp32() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 40)
+    packed = PackedLinear(linear, torch.bfloat16)
+    x = torch.randn(7, 64)
+    out = packed(x)
+    assert out.dtype == torch.float32
+    rounded = nn.functional.linear(
+        x.bfloat16().float(), linear.weight.bfloat16().float(), linear.bias.bfloat16().float()
+    )
+    assert torch.allclose(out, rounded, atol=0.05)  # bf16 inputs and weights; the result rounded to bf16 once
+    assert not torch.allclose(out, linear(x), atol=1e-5)  # it did not multiply in fp32
+    assert "dtype=torch.bfloat16" in repr(packed)
+
+
+@needs_bf16
+def test_bf16_translator_packs_its_search_layers_in_bfloat16_and_keeps_its_quality(models_dir: Path) -> None:
+    fp32 = Translator.from_dir(models_dir / "src-tgt", device="cpu")
+    bf16 = Translator.from_dir(models_dir / "src-tgt", device="cpu", bf16=True)
+    packed = {name: m.dtype for name, m in bf16.model.named_modules() if type(m) is PackedLinear}
+    assert packed and set(packed.values()) == {torch.bfloat16}
+    assert bf16.model.encoder.rnn.weight_hh_l0.dtype == torch.float32  # the encoder stays fp32
+    assert not bf16.autocast_bf16  # on the CPU, bf16 is in the packed layers, not autocast
+
+    rows = reverse_task(100, seed=21)
+    sources, references = [row["src"] for row in rows], [row["tgt"] for row in rows]
+    decode = DecodeConfig(beam_size=5)
+    hypotheses = {
+        name: [t.text for t in translator.translate(sources, decode)]
+        for name, translator in (("fp32", fp32), ("bf16", bf16))
+    }
+    bleu = {name: sacrebleu.corpus_bleu(texts, [references]).score for name, texts in hypotheses.items()}
+    assert bleu["fp32"] > 60
+    assert bleu["bf16"] > bleu["fp32"] - 5
+    assert all(t.candidates[0].attention.dtype == torch.float32 for t in bf16.translate(sources[:3], decode))
+
+
+def test_search_under_bf16_autocast_as_on_a_gpu_translates_like_fp32(models_dir: Path) -> None:
+    """The path `bf16` takes on CUDA, run here under the CPU's autocast: the same search code."""
+    loaded = load_model_dir(models_dir / "src-tgt", device=torch.device("cpu"))
+    fp32, autocast = (
+        Translator(
+            model=loaded.model, src_tokenizer=loaded.src_tokenizer, tgt_tokenizer=loaded.tgt_tokenizer, autocast_bf16=on
+        )
+        for on in (False, True)
+    )
+    rows = reverse_task(50, seed=8)
+    sources, references = [row["src"] for row in rows], [row["tgt"] for row in rows]
+    for beam_size in (1, 4):
+        decode = DecodeConfig(beam_size=beam_size, n_best=2 if beam_size > 1 else 1)
+        theirs, ours = fp32.translate(sources, decode), autocast.translate(sources, decode)
+        assert all(len(t.candidates) == decode.n_best for t in ours)
+        assert all(c.attention.dtype == torch.float32 for t in ours for c in t.candidates)
+        scores = [(a.candidates[0].score, b.candidates[0].score) for a, b in zip(theirs, ours, strict=True)]
+        assert any(abs(a - b) > 1e-6 for a, b in scores)  # it did multiply in bfloat16
+        bleu = [sacrebleu.corpus_bleu([t.text for t in found], [references]).score for found in (theirs, ours)]
+        assert bleu[0] > 60 and bleu[1] > bleu[0] - 5
+
+
+def test_int8_and_bf16_together_are_refused(models_dir: Path) -> None:
+    with pytest.raises(ValueError, match="choose one"):
+        Translator.from_dir(models_dir / "src-tgt", device="cpu", int8=True, bf16=True)

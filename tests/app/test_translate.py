@@ -4,9 +4,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from torch import nn
 
+from app.registry import ModelsError
+from mt.cpu import PackedLinear, bf16_supported
 from mt.translator import Translator
 
 from .conftest import client_for
@@ -228,3 +231,19 @@ def test_an_int8_server_translates(models_dir: Path) -> None:
         translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
         fp32 = [name for name, m in translator.model.named_modules() if type(m) is nn.Linear]
         assert fp32 == ["decoder.attention.energy_layer"]  # the one layer int8 would slow down
+
+
+@pytest.mark.skipif(not bf16_supported(), reason="oneDNN has no bfloat16 kernels on this CPU")
+def test_a_bf16_server_translates(models_dir: Path) -> None:
+    with client_for(models_dir, bf16=True) as client:
+        response = client.post("/translate", json={"q": "alpha bravo golf", "source": "src", "target": "tgt"})
+        assert response.status_code == 200
+        assert response.json()["translatedText"]
+        translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
+        assert {m.dtype for m in translator.model.modules() if type(m) is PackedLinear} == {torch.bfloat16}
+
+
+def test_int8_and_bf16_together_stop_the_server_naming_the_model(models_dir: Path) -> None:
+    message = r"cannot serve .*src-tgt: int8 and bf16 .* choose one"
+    with pytest.raises(ModelsError, match=message), client_for(models_dir, int8=True, bf16=True):
+        pass
