@@ -196,9 +196,9 @@ class Batcher:
         ]
         translations: list[Translation] = []
         if accepted:
-            # never more than max_sentences in one search, whatever the model's own batch size: the
-            # largest search's tensors set how far the server's memory grows
-            decode = dataclasses.replace(decode, batch_size=self._max_sentences)
+            # never more than max_sentences in one search: the largest search's tensors set how far the
+            # server's memory grows
+            decode = dataclasses.replace(decode, batch_size=min(decode.batch_size, self._max_sentences))
             translations = self._translator.translate_encoded(accepted, decode, deadline=deadline)
             if len(translations) != len(accepted):  # never hand a request someone else's sentences
                 raise RuntimeError(f"{len(accepted)} sentences in, {len(translations)} translations out")

@@ -49,14 +49,8 @@ def load_models(
         if pair in models:
             raise ModelsError(f"{path} and {models[pair].path} both translate {pair[0]}->{pair[1]}")
         models[pair] = ServedModel(pair[0], pair[1], path, translator)
-        log.info(
-            "loaded %s (%s->%s) on %s%s",
-            path,
-            pair[0],
-            pair[1],
-            resolved,
-            " in int8" if int8 else " in bf16" if bf16 else "",
-        )
+        precision = "int8" if int8 else "bf16" if bf16 else "fp32"
+        log.info("loaded %s (%s->%s) on %s in %s", path, pair[0], pair[1], resolved, precision)
     return models
 
 

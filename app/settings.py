@@ -29,9 +29,9 @@ class Settings(BaseSettings):
     max_alternatives: int = 5
     max_body_bytes: int = 1_000_000
     batch_wait_ms: float = 10.0  # at most, for as many sentences as were in flight after the last batch
-    # sentences decoded together: batches of 64 instead of 32 served no faster and grew the server past
-    # 1.1 GiB (docs/performance.md)
-    max_batch_sentences: int = 32
+    # sentences decoded together, at most: batches of 64 instead of 32 served no faster and grew the server
+    # to 1.0-1.25 GiB (docs/performance.md)
+    max_batch_sentences: int = Field(default=32, ge=1)
     # load and pathological input: refuse early rather than queue or decode without bound
     max_pieces: int = 400  # per text, after SentencePiece; longer texts are refused (training kept <= 100 words)
     max_queued_sentences: int = 2000  # per model; beyond it requests are answered 503 with Retry-After

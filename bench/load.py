@@ -39,6 +39,7 @@ from pathlib import Path
 import aiohttp
 from machine import cpu_seconds, describe, rss_mib
 
+from app.settings import Settings
 from mt.translator import Translator
 
 
@@ -176,10 +177,10 @@ def main() -> None:
             print(f"server memory after 200 warm-up requests: {warm:.0f} MiB")
         offline = None
         if args.offline:
-            precision = {
-                key: env.get(f"MT_{key.upper()}", "").lower() in ("1", "true", "yes", "on") for key in ("int8", "bf16")
-            }
-            offline = Translator.from_dir(Path(args.models) / f"{args.source}-{args.target}", device="cpu", **precision)
+            server = Settings(**{key.removeprefix("MT_").lower(): value for key, value in env.items()})
+            offline = Translator.from_dir(
+                Path(args.models) / f"{args.source}-{args.target}", device="cpu", int8=server.int8, bf16=server.bf16
+            )
             offline.translate(sentences[:64])  # warm-up
             rate = offline_rate(offline, sentences)
             print(f"offline: {rate:.1f} sentences/s, {len(sentences)} sentences at once")

@@ -62,8 +62,11 @@ def main() -> None:
     print(describe())
     print(f"model: {args.model}; {len(sources)} sentences of {args.data}; device {args.device}")
     print(f"typical sentence ({len(typical.split())} words): {typical}")
-    on_cpu = args.device == "cpu"
-    precisions = ["fp32", *(["int8"] if on_cpu else []), *(["bf16"] if bf16_supported() or not on_cpu else [])]
+    precisions = ["fp32"]
+    if args.device == "cpu":
+        precisions.append("int8")
+    if args.device != "cpu" or bf16_supported():
+        precisions.append("bf16")
     for precision in precisions:
         int8, bf16 = precision == "int8", precision == "bf16"
         translator = Translator.from_dir(args.model, device=args.device, int8=int8, bf16=bf16)

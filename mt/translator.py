@@ -15,7 +15,7 @@ import torch
 
 from mt.checkpoint import load_model_dir
 from mt.config import DecodeConfig
-from mt.cpu import prepare_for_cpu, quantize_int8
+from mt.cpu import bf16_supported, prepare_for_cpu, quantize_int8
 from mt.model import Seq2Seq, pad_batch
 from mt.search import Hypothesis, beam_search, greedy_search
 from mt.tokenizer import BOS, EOS, Tokenizer
@@ -63,7 +63,7 @@ class Translator:
         autocast_bf16: bool = False,
     ) -> None:
         self.model = model
-        self.autocast_bf16 = autocast_bf16  # search under bf16 autocast (GPUs; a CPU's bf16 is in its packed layers)
+        self.autocast_bf16 = autocast_bf16  # decoder steps under bf16 autocast (GPUs; a CPU's is in its packed layers)
         # as trained: packed and quantized layers hold their weights outside model.parameters()
         self.num_parameters = model.num_parameters() if num_parameters is None else num_parameters
         self.source_lang, self.target_lang = source_lang, target_lang
@@ -75,13 +75,17 @@ class Translator:
     @classmethod
     def from_dir(cls, path: str | Path, *, device: str = "auto", int8: bool = False, bf16: bool = False) -> Translator:
         """The model directory at `path`, on `device`. `int8` quantizes it for faster CPU inference; `bf16`
-        multiplies in bfloat16, under autocast on a GPU and in oneDNN's packed layers on a CPU, where
-        it pays with AMX or AVX512-BF16."""
+        multiplies the decoder's steps in bfloat16: under autocast on a GPU, in oneDNN's packed layers on
+        a CPU with AMX or AVX512-BF16. The encoder stays fp32."""
         resolved = resolve_device(device)
         if int8 and resolved.type != "cpu":
             raise ValueError(f"int8 inference runs on the CPU, not on {resolved}: leave out int8 or use device cpu")
         if int8 and bf16:
             raise ValueError("int8 and bf16 are two precisions for inference: choose one")
+        if bf16 and resolved.type not in ("cpu", "cuda"):
+            raise ValueError(f"bf16 inference runs on the CPU or CUDA, not on {resolved}: leave out bf16")
+        if bf16 and resolved.type == "cpu" and not bf16_supported():  # before loading anything
+            raise ValueError("bf16 inference on a CPU needs AMX or AVX512-BF16, which this one lacks: leave out bf16")
         loaded = load_model_dir(path, device=resolved)
         num_parameters = loaded.model.num_parameters()
         loaded.model.decoder.tabulate_embedded_terms()  # this model only translates: its weights stay as loaded
@@ -138,13 +142,11 @@ class Translator:
         return [r for r in results if r is not None]
 
     def _search(self, sources: list[list[int]], decode: DecodeConfig, deadline: float | None) -> list[list[Hypothesis]]:
-        with (
-            torch.inference_mode(),
-            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16),
-        ):
+        with torch.inference_mode():
             src, lengths = pad_batch(sources, device=self.device)
-            state = self.model.encode(src, lengths)
+            state = self.model.encode(src, lengths)  # in fp32: cuDNN's RNNs autocast to fp16, not bf16
             max_lengths = (lengths.float() * decode.max_len_a + decode.max_len_b).floor().long()
+        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast_bf16):
             if decode.beam_size == 1:
                 return greedy_search(
                     self.model.decoder.step,

@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from app.batcher import Batcher, Overloaded, TextTooLong
+from app.settings import Settings
 from mt.config import DecodeConfig
 from mt.search import SearchTimeout
 from mt.translator import Translation, Translator
@@ -183,18 +185,26 @@ def test_a_batch_waits_for_as_many_sentences_as_were_in_flight_before(models_dir
     assert slow.calls == 2
 
 
-def test_a_batch_is_searched_at_most_max_sentences_at_a_time(models_dir: Path) -> None:
+@pytest.mark.parametrize(("model_batch", "max_sentences", "searched"), [(64, 2, 2), (1, 2, 1)])
+def test_a_batch_is_searched_at_most_max_sentences_at_a_time(
+    models_dir: Path, model_batch: int, max_sentences: int, searched: int
+) -> None:
     slow = SlowTranslator(Translator.from_dir(models_dir / "src-tgt", device="cpu"))
     slow.release.set()
     texts = ["alpha bravo", "kilo lima", "echo golf", "alpha", "kilo"]
 
     async def scenario() -> list[Translation]:
-        batcher = Batcher(slow, max_sentences=2, wait_seconds=0.0)  # type: ignore[arg-type]
+        batcher = Batcher(slow, max_sentences=max_sentences, wait_seconds=0.0)  # type: ignore[arg-type]
         batcher.start()
-        result = await batcher.translate(texts, DecodeConfig(batch_size=64))  # one request over the bound
+        result = await batcher.translate(texts, DecodeConfig(batch_size=model_batch))  # one request over the bound
         await batcher.close()
         return result
 
     result = asyncio.run(scenario())
-    assert slow.batch_sizes == [2]  # the search takes the batcher's bound, not the model's batch size
+    assert slow.batch_sizes == [searched]  # the batcher's bound, or the model's own batch size if smaller
     assert [t.text for t in result] == [t.text for t in slow.translator.translate(texts)]
+
+
+def test_a_batch_bound_below_one_sentence_is_refused() -> None:
+    with pytest.raises(ValidationError, match="max_batch_sentences"):
+        Settings(max_batch_sentences=0)
