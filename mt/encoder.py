@@ -72,21 +72,22 @@ class Encoder(nn.Module):
         embedded = self.emb_dropout(self.embedding(src))
         lengths = lengths.cpu()
         packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
-        if self._unrolls(src.device):
-            packed_out, summary = self._train_steps(packed, lengths[packed.sorted_indices])
-        else:
-            packed_out, final = self.rnn(packed)
-            hidden = final[0] if isinstance(final, tuple) else final  # LSTM returns (h, c)
-            summary = torch.cat([hidden[-2], hidden[-1]], dim=-1)  # top layer: forward, backward
+        # the recurrence in fp32 under autocast too: rounded to bf16 at every step, the states would drift,
+        # and cuDNN's RNNs autocast to fp16 whatever autocast's dtype
+        with torch.autocast(src.device.type, enabled=False):
+            if self._unrolls(src.device):
+                packed_out, summary = self._train_steps(packed, lengths[packed.sorted_indices])
+            else:
+                packed_out, final = self.rnn(packed)
+                hidden = final[0] if isinstance(final, tuple) else final  # LSTM returns (h, c)
+                summary = torch.cat([hidden[-2], hidden[-1]], dim=-1)  # top layer: forward, backward
         outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=src.size(1))
         return self.dropout(outputs), summary
 
     def _unrolls(self, device: torch.device) -> bool:
-        """Whether `_train_steps` computes the RNN: in fp32 training on the CPU. A GPU has cuDNN's fused
-        RNN; inference keeps `nn.GRU`, which int8 quantization replaces by its own; and under bf16
-        autocast `nn.GRU` stays fp32, where these products would run in bf16."""
-        training = self.training and torch.is_grad_enabled()
-        return training and device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+        """Whether `_train_steps` computes the RNN: in training on the CPU. A GPU has cuDNN's fused RNN;
+        inference keeps `nn.GRU`, which int8 quantization replaces by its own."""
+        return self.training and torch.is_grad_enabled() and device.type == "cpu"
 
     def _train_steps(self, packed: PackedSequence, lengths: Tensor) -> tuple[PackedSequence, Tensor]:
         """What `self.rnn(packed)` computes, and the summary, with the steps unrolled here. `lengths`: the

@@ -63,7 +63,7 @@ class Translator:
         autocast_bf16: bool = False,
     ) -> None:
         self.model = model
-        self.autocast_bf16 = autocast_bf16  # decoder steps under bf16 autocast (GPUs; a CPU's is in its packed layers)
+        self.autocast_bf16 = autocast_bf16  # search under bf16 autocast (GPUs; a CPU's bf16 is in its packed layers)
         # as trained: packed and quantized layers hold their weights outside model.parameters()
         self.num_parameters = model.num_parameters() if num_parameters is None else num_parameters
         self.source_lang, self.target_lang = source_lang, target_lang
@@ -75,8 +75,8 @@ class Translator:
     @classmethod
     def from_dir(cls, path: str | Path, *, device: str = "auto", int8: bool = False, bf16: bool = False) -> Translator:
         """The model directory at `path`, on `device`. `int8` quantizes it for faster CPU inference; `bf16`
-        multiplies the decoder's steps in bfloat16: under autocast on a GPU, in oneDNN's packed layers on
-        a CPU with AMX or AVX512-BF16. The encoder stays fp32."""
+        multiplies in bfloat16: under autocast on a GPU, in the decoder step's packed layers on a CPU with
+        AMX or AVX512-BF16. The encoder's RNN stays fp32."""
         resolved = resolve_device(device)
         if int8 and resolved.type != "cpu":
             raise ValueError(f"int8 inference runs on the CPU, not on {resolved}: leave out int8 or use device cpu")
@@ -142,11 +142,10 @@ class Translator:
         return [r for r in results if r is not None]
 
     def _search(self, sources: list[list[int]], decode: DecodeConfig, deadline: float | None) -> list[list[Hypothesis]]:
-        with torch.inference_mode():
-            src, lengths = pad_batch(sources, device=self.device)
-            state = self.model.encode(src, lengths)  # in fp32: cuDNN's RNNs autocast to fp16, not bf16
-            max_lengths = (lengths.float() * decode.max_len_a + decode.max_len_b).floor().long()
         with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast_bf16):
+            src, lengths = pad_batch(sources, device=self.device)
+            state = self.model.encode(src, lengths)  # the encoder's RNN stays fp32 (Encoder.forward)
+            max_lengths = (lengths.float() * decode.max_len_a + decode.max_len_b).floor().long()
             if decode.beam_size == 1:
                 return greedy_search(
                     self.model.decoder.step,

@@ -168,3 +168,16 @@ def test_training_unrolls_the_encoder_rnn_into_its_annotations_and_gradients(
     monkeypatch.setattr(encoder, "_unrolls", lambda device: False)  # nn.GRU / nn.LSTM itself
     for got, expected in zip(unrolled, forward_backward(), strict=True):
         assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_encoder_rnn_runs_in_fp32_under_bf16_autocast(training: bool) -> None:
+    encoder = tiny(dropout=0.0, emb_dropout=0.0).train(training).encoder
+    src, lengths = pad_batch([[5, 6, EOS], [7, 8, 9, 10, 11, EOS], [EOS]])
+    with torch.no_grad():
+        fp32 = encoder(src, lengths)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = encoder(src, lengths)
+    for got, expected in zip(autocast, fp32, strict=True):
+        assert got.dtype == torch.float32
+        assert torch.equal(got, expected)  # not rounded to bf16 at any step
