@@ -12,6 +12,7 @@ makes it first), so the embedding's terms in search are never quantized.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -52,6 +53,7 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+@functools.cache  # the CPU does not change under a process
 def bf16_supported() -> bool:
     """Whether oneDNN multiplies bfloat16 natively on this CPU: with AMX or AVX512-BF16 (or Arm's BF16).
     oneDNN also runs bfloat16 on other AVX-512 CPUs, by emulation, slower than fp32."""
@@ -63,6 +65,12 @@ def bf16_supported() -> bool:
         return True
     flags = {flag for line in cpuinfo.splitlines() if line.startswith(("flags", "Features")) for flag in line.split()}
     return bool(flags & {"amx_bf16", "avx512_bf16", "bf16"})
+
+
+def require_bf16() -> None:
+    """Refuse bf16 inference on a CPU that would only emulate it."""
+    if not bf16_supported():
+        raise ValueError("bf16 inference on a CPU needs AMX or AVX512-BF16, which this one lacks: leave out bf16")
 
 
 class PackedLinear(nn.Module):
@@ -122,8 +130,8 @@ def prepare_for_cpu(model: Seq2Seq, *, bf16: bool = False) -> Seq2Seq:
     encoder GRU's 1536 x 512 recurrence at 16 rows: 450 against 170 µs); on an AMD EPYC the two
     cases ran alike (256 against 259 µs), and at one row 71 against 57 µs.
     """
-    if bf16 and not bf16_supported():
-        raise ValueError("bf16 inference on a CPU needs AMX or AVX512-BF16, which this one lacks: leave out bf16")
+    if bf16:
+        require_bf16()
     with torch.no_grad():
         for module_name, module in model.named_modules():
             if type(module) in RECURRENT or module_name in PER_SOURCE_POSITION:

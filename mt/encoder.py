@@ -2,7 +2,7 @@
 annotated with the concatenation of a forward and a backward GRU (or LSTM) state.
 
 The weights are those of one `nn.GRU` (or `nn.LSTM`), which computes the annotations everywhere but
-in fp32 training on the CPU (`_unrolls`). There PyTorch's RNN runs each direction's steps on their
+in training on the CPU (`_unrolls`). There PyTorch's RNN runs each direction's steps on their
 own and multiplies the input by W at every step, and autograd then goes back through all of those
 small products. Training instead unrolls the same equations (`_train_steps`): the input's product
 for every step and both directions at once, then one batched product per step for the two

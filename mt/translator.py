@@ -15,7 +15,7 @@ import torch
 
 from mt.checkpoint import load_model_dir
 from mt.config import DecodeConfig
-from mt.cpu import bf16_supported, prepare_for_cpu, quantize_int8
+from mt.cpu import prepare_for_cpu, quantize_int8, require_bf16
 from mt.model import Seq2Seq, pad_batch
 from mt.search import Hypothesis, beam_search, greedy_search
 from mt.tokenizer import BOS, EOS, Tokenizer
@@ -84,8 +84,8 @@ class Translator:
             raise ValueError("int8 and bf16 are two precisions for inference: choose one")
         if bf16 and resolved.type not in ("cpu", "cuda"):
             raise ValueError(f"bf16 inference runs on the CPU or CUDA, not on {resolved}: leave out bf16")
-        if bf16 and resolved.type == "cpu" and not bf16_supported():  # before loading anything
-            raise ValueError("bf16 inference on a CPU needs AMX or AVX512-BF16, which this one lacks: leave out bf16")
+        if bf16 and resolved.type == "cpu":
+            require_bf16()  # before loading anything
         loaded = load_model_dir(path, device=resolved)
         num_parameters = loaded.model.num_parameters()
         loaded.model.decoder.tabulate_embedded_terms()  # this model only translates: its weights stay as loaded

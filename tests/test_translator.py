@@ -73,7 +73,7 @@ def test_a_packed_linear_layer_computes_what_the_linear_layer_does() -> None:
     assert "in_features=24, out_features=40, bias=False, dtype=torch.float32" in repr(packed)
 
 
-needs_bf16 = pytest.mark.skipif(not bf16_supported(), reason="oneDNN has no bfloat16 kernels on this CPU")
+needs_bf16 = pytest.mark.skipif(not bf16_supported(), reason="this CPU has no native bfloat16 (AMX or AVX512-BF16)")
 
 
 @needs_bf16
@@ -140,6 +140,6 @@ def test_int8_and_bf16_together_are_refused(models_dir: Path) -> None:
 
 
 def test_bf16_is_refused_on_a_cpu_without_native_bfloat16(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mt.translator.bf16_supported", lambda: False)
+    monkeypatch.setattr("mt.cpu.bf16_supported", lambda: False)
     with pytest.raises(ValueError, match="needs AMX or AVX512-BF16"):
         Translator.from_dir(models_dir / "src-tgt", device="cpu", bf16=True)

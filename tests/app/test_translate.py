@@ -223,24 +223,26 @@ def test_a_text_over_the_piece_limit_is_400_naming_it(models_dir: Path) -> None:
     assert "at most 5 per text" in response.json()["error"]
 
 
+def served_translator(models_dir: Path, *, int8: bool = False, bf16: bool = False) -> Translator:
+    """The src->tgt translator of a server in int8 or bf16, once it has translated a request."""
+    with client_for(models_dir, int8=int8, bf16=bf16) as client:
+        response = client.post("/translate", json={"q": "alpha bravo golf", "source": "src", "target": "tgt"})
+        assert response.status_code == 200
+        assert response.json()["translatedText"]
+        translator: Translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
+        return translator
+
+
 def test_an_int8_server_translates(models_dir: Path) -> None:
-    with client_for(models_dir, int8=True) as client:
-        response = client.post("/translate", json={"q": "alpha bravo golf", "source": "src", "target": "tgt"})
-        assert response.status_code == 200
-        assert response.json()["translatedText"]
-        translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
-        fp32 = [name for name, m in translator.model.named_modules() if type(m) is nn.Linear]
-        assert fp32 == ["decoder.attention.energy_layer"]  # the one layer int8 would slow down
+    translator = served_translator(models_dir, int8=True)
+    fp32 = [name for name, m in translator.model.named_modules() if type(m) is nn.Linear]
+    assert fp32 == ["decoder.attention.energy_layer"]  # the one layer int8 would slow down
 
 
-@pytest.mark.skipif(not bf16_supported(), reason="oneDNN has no bfloat16 kernels on this CPU")
+@pytest.mark.skipif(not bf16_supported(), reason="this CPU has no native bfloat16 (AMX or AVX512-BF16)")
 def test_a_bf16_server_translates(models_dir: Path) -> None:
-    with client_for(models_dir, bf16=True) as client:
-        response = client.post("/translate", json={"q": "alpha bravo golf", "source": "src", "target": "tgt"})
-        assert response.status_code == 200
-        assert response.json()["translatedText"]
-        translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
-        assert {m.dtype for m in translator.model.modules() if type(m) is PackedLinear} == {torch.bfloat16}
+    translator = served_translator(models_dir, bf16=True)
+    assert {m.dtype for m in translator.model.modules() if type(m) is PackedLinear} == {torch.bfloat16}
 
 
 def test_int8_and_bf16_together_stop_the_server_naming_the_model(models_dir: Path) -> None:
