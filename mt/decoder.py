@@ -42,7 +42,7 @@ class DecoderState:
 
     hidden: tuple[Tensor, ...]  # per layer (rows, dec_hidden); tuples, not one tensor, keep backward cheap
     cell: tuple[Tensor, ...] | None  # per layer (rows, dec_hidden) for an LSTM, else None
-    keys: Tensor  # (sentences, src_len, attn_size): U h_j, projected once per sentence
+    keys: Tensor  # (sentences, src_len, attn_size): 2 U h_j (`project_keys`), once per sentence
     values: Tensor  # (sentences, src_len, ...): what attention weighs; in search W_c h_j, once per sentence
     mask: Tensor  # (sentences, src_len): True at real source tokens
 
