@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from machine import cpu_seconds, describe, rss_mib
+from machine import cpu_seconds, describe, rss_mib, speed
 
 from app.settings import Settings
 from mt.translator import Translator
@@ -168,6 +168,7 @@ def main() -> None:
     process, url = (None, args.url) if args.url else start_server(args.models, env)
     try:
         print(describe())
+        print(speed())  # with the server idle
         print(f"server: {url}{' ' + ' '.join(args.env) if args.env else ''}; one sentence per request")
         if process:
             print(f"server memory at start: {rss_mib(process.pid):.0f} MiB")
@@ -215,6 +216,7 @@ def main() -> None:
         if process:
             end = rss_mib(process.pid)
             print(f"server memory at the end: {end:.0f} MiB ({end - warm:+.0f} MiB since warm-up)")
+        print(speed())
     finally:
         if process:
             process.terminate()

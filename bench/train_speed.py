@@ -16,7 +16,7 @@ import statistics
 import time
 
 import torch
-from machine import describe
+from machine import describe, matmul_peak
 from torch.utils.flop_counter import FlopCounterMode
 
 from mt.config import Config
@@ -102,18 +102,6 @@ def training_flops_per_token(
         flops += counter.get_total_flops()
         tokens += batch.tgt_tokens
     return flops / tokens
-
-
-def matmul_peak(size: int = 4096, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """FLOP/s of a large matrix product in `dtype`: what the cores can do at best."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.mm(a, b)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import sacrebleu
 import torch
-from machine import describe
+from machine import describe, speed
 
 from mt.cpu import bf16_supported
 from mt.translator import Translator
@@ -60,6 +60,7 @@ def main() -> None:
     typical = min(sources, key=lambda s: (abs(len(s.split()) - 12), s))
 
     print(describe())
+    print(speed())
     print(f"model: {args.model}; {len(sources)} sentences of {args.data}; device {args.device}")
     print(f"typical sentence ({len(typical.split())} words): {typical}")
     precisions = ["fp32"]
@@ -99,6 +100,7 @@ def main() -> None:
             )
         if args.random_batches and not int8:
             random_batches(translator, sources, args.random_batches, args.repeats, precision)
+    print(f"\n{speed()}")
 
 
 def random_batches(translator: Translator, sources: list[str], sizes: list[int], repeats: int, precision: str) -> None:
