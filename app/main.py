@@ -1,4 +1,5 @@
-"""The FastAPI application: `create_app()` builds it; models load once, in the lifespan."""
+"""The FastAPI application: `create_app()` builds it. Models load once at start-up: `mt serve` loads
+them before the server starts and hands them over, else the lifespan loads them."""
 
 from __future__ import annotations
 

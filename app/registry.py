@@ -29,8 +29,8 @@ class ServedModel:
 def load_models(
     models_dir: str | Path, device: str, *, int8: bool = False, bf16: bool = False
 ) -> dict[tuple[str, str], ServedModel]:
-    """Load every model directory under `models_dir` (those holding a config.json) once, in int8 or bf16
-    if asked (`Translator.from_dir`)."""
+    """Load every non-hidden directory under `models_dir`, each of which must be a model directory, once,
+    in int8 or bf16 if asked (`Translator.from_dir`)."""
     folder = Path(models_dir)
     if not folder.is_dir():
         raise ModelsError(f"models folder {folder} does not exist")

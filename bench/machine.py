@@ -1,6 +1,7 @@
 """The machine a benchmark ran on, printed beside its figures: CPU model, cores, torch and threads, and
-how fast it multiplies now (this project's machines have run 30% slower in one hour than in the one
-before, for old and new code alike: a run's figures compare with another's only at a similar peak)."""
+(`speed`, in the translation and load benchmarks; training prints its own dtype's peak) how fast it
+multiplies now: this project's machines have run 30% slower in one hour than in the one before, for
+old and new code alike, so a run's figures compare with another's only at a similar peak."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
     python bench/translate_speed.py --random-batches 16 32   # also batches as a server forms them
 
 Batch: the whole test set (1000 sentences) through `Translator.translate`, greedy and beam 5, in fp32,
-int8 (CPU) and bf16 (GPU, or a CPU where oneDNN has bfloat16 kernels); sentences/s is the median of
+int8 (CPU) and bf16 (GPU, or a CPU with AMX or AVX512-BF16); sentences/s is the median of
 --repeats runs, with sacreBLEU beside each. Latency: one typical
 sentence (the test sentence closest to 12 words), translated alone --latency-runs times; p50 and p95.
 """

@@ -1,4 +1,4 @@
-"""The `mt` command: train, translate and evaluate.
+"""The `mt` command: train, translate, evaluate, export and serve.
 
 Every config field is also a flag, named `--section.field` (`--train.lr 0.0005`,
 `--model.cell lstm`); `mt train --help` lists them with their defaults.

@@ -150,7 +150,7 @@ def best_continuations(beam_scores: Tensor, log_probs: Tensor, count: int, chunk
 
 @functools.cache
 def _chunk_size(vocab: int) -> int:
-    """About the square root of the vocabulary, a divisor of it if one is near: for 6k pieces, chunks of
+    """About twice the square root of the vocabulary, a divisor of it if one is near: for 6k pieces, chunks of
     100 to 300 measured alike and 2.5-4x faster than one topk (64 sentences x 5 beams, 2 threads)."""
     size = max(1, round(2 * math.sqrt(vocab)))
     return next((c for c in range(size, size // 2, -1) if vocab % c == 0), size)
