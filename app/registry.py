@@ -37,12 +37,14 @@ def load_models(
     candidates = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not candidates:
         raise ModelsError(f"models folder {folder} holds no model directory (a folder with {CONFIG})")
-    resolved = str(resolve_device(device))
+    try:
+        resolved = str(resolve_device(device))
+    except ValueError as error:
+        raise ModelsError(str(error)) from error
     models: dict[tuple[str, str], ServedModel] = {}
     for path in candidates:
         try:
             translator = Translator.from_dir(path, device=resolved, int8=int8, bf16=bf16)
-            translator.decode.validate()
         except (ModelDirError, ValueError, OSError) as error:
             raise ModelsError(f"cannot serve {path}: {error}") from error
         pair = (translator.source_lang, translator.target_lang)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,18 +23,38 @@ class Settings(BaseSettings):
     device: str = "auto"  # CUDA when present, else CPU
     int8: bool = False  # quantize the models to int8: faster on the CPU, at a measured BLEU cost
     bf16: bool = False  # multiply in bfloat16: on GPUs, and on CPUs with AMX or AVX512-BF16
-    max_chars: int = 5000  # per text
-    max_texts: int = 100  # per request
-    max_beam_size: int = 10
-    max_alternatives: int = 5
-    max_body_bytes: int = 1_000_000
-    batch_wait_ms: float = 10.0  # at most, for as many sentences as were in flight after the last batch
-    # sentences decoded together, at most: batches of 64 instead of 32 served no faster and grew the server
-    # to 1.0-1.25 GiB (docs/performance.md)
+    max_chars: int = Field(default=5000, ge=1)  # per text
+    max_texts: int = Field(default=100, ge=1)  # per request
+    max_beam_size: int = Field(default=10, ge=1)
+    max_alternatives: int = Field(default=5, ge=0)  # a request's alternatives + 1 hypotheses are searched
+    max_body_bytes: int = Field(default=1_000_000, ge=1)
+    batch_wait_ms: float = Field(
+        default=10.0, ge=0
+    )  # at most, for as many sentences as were in flight after the last batch
+    # sentences per search, at most (a batch of requests is searched this many at a time): with beam 5,
+    # searches of 64 instead of 32 served no faster and grew the server to 1.0-1.25 GiB (docs/performance.md)
     max_batch_sentences: int = Field(default=32, ge=1)
     # load and pathological input: refuse early rather than queue or decode without bound
-    max_pieces: int = 400  # per text, after SentencePiece; longer texts are refused (training kept <= 100 words)
-    max_queued_sentences: int = 2000  # per model; beyond it requests are answered 503 with Retry-After
-    request_timeout_s: float = 30.0  # time budget per request, waiting and decoding; past it, 503
-    default_beam_size: int = 0  # 0: each model's own default
+    max_pieces: int = Field(
+        default=400, ge=1
+    )  # per text, after SentencePiece; longer texts are refused (training kept <= 100 words)
+    max_queued_sentences: int = Field(
+        default=2000, ge=1
+    )  # per model; beyond it requests are answered 503 with Retry-After
+    request_timeout_s: float = Field(default=30.0, gt=0)  # time budget per request, waiting and decoding; past it, 503
+    default_beam_size: int = Field(default=0, ge=0)  # 0: each model's own default
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _search_within_the_beam_cap(self) -> Settings:
+        """A request's alternatives + 1 hypotheses, and the default beam, must fit under MT_MAX_BEAM_SIZE."""
+        if self.max_alternatives + 1 > self.max_beam_size:
+            raise ValueError(
+                f"max_alternatives + 1 ({self.max_alternatives + 1}) is over max_beam_size ({self.max_beam_size}): "
+                "every alternative is a hypothesis of the beam"
+            )
+        if self.default_beam_size > self.max_beam_size:
+            raise ValueError(
+                f"default_beam_size ({self.default_beam_size}) is over max_beam_size ({self.max_beam_size})"
+            )
+        return self

@@ -7,6 +7,7 @@ Every config field is also a flag, named `--section.field` (`--train.lr 0.0005`,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import typing
@@ -60,7 +61,7 @@ def _add_decode_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _decode_config(args: argparse.Namespace, translator_decode: DecodeConfig) -> DecodeConfig:
-    config = Config(decode=translator_decode)
+    config = Config(decode=dataclasses.replace(translator_decode))  # the flags do not change the translator's
     return _apply(config, _overrides(args)).decode
 
 

@@ -97,10 +97,13 @@ class DecodeConfig:
             f"decode.n_best must be between 1 and decode.beam_size ({self.beam_size}), got {self.n_best}",
         )
         _require(self.batch_size >= 1, f"decode.batch_size must be at least 1, got {self.batch_size}")
-        _require(self.length_penalty >= 0, f"decode.length_penalty must be >= 0, got {self.length_penalty}")
         _require(
-            self.max_len_a >= 0 and self.max_len_b >= 0 and self.max_len_a + self.max_len_b > 0,
-            "decode.max_len_a and decode.max_len_b must be >= 0, and not both 0",
+            0 <= self.length_penalty <= 10, f"decode.length_penalty must be between 0 and 10, got {self.length_penalty}"
+        )
+        _require(
+            0 <= self.max_len_a <= 100 and 0 <= self.max_len_b <= 10_000 and self.max_len_a + self.max_len_b > 0,
+            "decode.max_len_a must be between 0 and 100 and decode.max_len_b between 0 and 10000, not both 0; "
+            f"got {self.max_len_a} and {self.max_len_b}",
         )
 
 

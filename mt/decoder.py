@@ -228,7 +228,6 @@ class Decoder(nn.Module):
             bias = torch.cat([query_layer.bias, hidden_proj.bias])
             split = [query_layer.out_features, hidden_proj.out_features]
         values, context_weight = StepValues(state.values), self.context_proj.weight.t()
-        autocast = torch.is_autocast_enabled(embedded_terms.device.type)
         hiddens, readout_terms = [], []
         # unbind: slicing out each step would cost a full-size backward per step
         for step, embedded_t in enumerate(embedded_terms.unbind(1)):
@@ -237,10 +236,7 @@ class Decoder(nn.Module):
             else:
                 query, recurrent = attention.query_layer(state.hidden[-1]), None
             context = values.weigh(attention.align(query, state.keys, state.mask), step)
-            if autocast:  # addmm would round the sum to bf16
-                terms = embedded_t + context @ context_weight
-            else:  # E y_{i-1} and c_i terms added inside the product
-                terms = torch.addmm(embedded_t, context, context_weight)
+            terms = torch.addmm(embedded_t, context, context_weight)  # E y_{i-1} and c_i terms in one product
             terms, state = self._advance(terms, state, recurrent)
             hiddens.append(state.hidden[-1])
             readout_terms.append(terms)

@@ -40,12 +40,19 @@ class Translation:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; anything else as torch understands it."""
+    """'auto' -> CUDA when present, else CPU; else 'cpu', 'cuda' or 'cuda:N' for a GPU this machine has."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name} was asked for, but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name} was asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 
@@ -86,6 +93,11 @@ class Translator:
             raise ValueError(f"bf16 inference runs on the CPU or CUDA, not on {resolved}: leave out bf16")
         if bf16 and resolved.type == "cpu":
             require_bf16()  # before loading anything
+        if bf16 and resolved.type == "cuda" and (capability := torch.cuda.get_device_capability(resolved)) < (8, 0):
+            raise ValueError(
+                f"bf16 inference needs a GPU that multiplies bfloat16 natively (compute capability 8.0, Ampere, or "
+                f"newer); {torch.cuda.get_device_name(resolved)} is {capability[0]}.{capability[1]}: leave out bf16"
+            )
         loaded = load_model_dir(path, device=resolved)
         num_parameters = loaded.model.num_parameters()
         loaded.model.decoder.tabulate_embedded_terms()  # this model only translates: its weights stay as loaded

@@ -130,12 +130,15 @@ def test_evaluate_on_source_and_reference_files(
         (["train", "--out", "OUT", "--train.lr", "fast"], "train.lr must be a number"),
         (["train", "--out", "OUT", "--resume"], "cannot resume"),
         (["serve", "--models", "/nonexistent"], "models folder /nonexistent does not exist"),
+        (["translate", "--model", "/nonexistent", "--device", "gpu"], "device 'gpu': use auto, cpu, cuda or cuda:N"),
+        (["serve", "--models", "MODELS", "--device", "gpu"], "device 'gpu': use auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_input_is_a_one_line_error_and_exit_code_2(
     args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
+    models = Path(__file__).parents[1] / "models"  # the shipped ones: the device is checked before any loads
+    args = [str(tmp_path / "out") if a == "OUT" else str(models) if a == "MODELS" else a for a in args]
     assert main(args) == 2
     assert message in capsys.readouterr().err
 

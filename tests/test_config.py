@@ -60,6 +60,9 @@ def test_invalid_yaml_file_names_the_file(tmp_path: Path) -> None:
         ("decode.n_best", 9, "decode.n_best must be between 1 and decode.beam_size"),
         ("train.batch_tokens", 0, "train.batch_tokens must be at least 1"),
         ("model.dropout", 1.5, r"model.dropout must be in \[0, 1\)"),
+        ("decode.max_len_a", float("inf"), "decode.max_len_a must be between 0 and 100"),
+        ("decode.max_len_b", 10**9, "decode.max_len_a must be between 0 and 100 and decode.max_len_b"),
+        ("decode.length_penalty", float("nan"), "decode.length_penalty must be between 0 and 10"),
     ],
 )
 def test_values_no_run_can_use_are_refused_by_name(key: str, value: object, message: str) -> None:

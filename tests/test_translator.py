@@ -143,3 +143,12 @@ def test_bf16_is_refused_on_a_cpu_without_native_bfloat16(models_dir: Path, monk
     monkeypatch.setattr("mt.cpu.bf16_supported", lambda: False)
     with pytest.raises(ValueError, match="needs AMX or AVX512-BF16"):
         Translator.from_dir(models_dir / "src-tgt", device="cpu", bf16=True)
+
+
+def test_bf16_is_refused_on_a_gpu_without_native_bfloat16(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here: the translator is made to see a Volta (7.0), which would emulate bf16."""
+    monkeypatch.setattr("mt.translator.resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr("torch.cuda.get_device_capability", lambda device: (7, 0))
+    monkeypatch.setattr("torch.cuda.get_device_name", lambda device: "Tesla V100")
+    with pytest.raises(ValueError, match=r"compute capability 8.0.*Tesla V100 is 7.0"):
+        Translator.from_dir(models_dir / "src-tgt", device="cuda", bf16=True)

@@ -31,11 +31,11 @@ def test_a_request_over_the_queue_limit_is_503_with_retry_after(models_dir: Path
 
 
 def test_a_request_past_its_time_budget_is_503_and_the_worker_lives_on(models_dir: Path) -> None:
-    with client_for(models_dir, request_timeout_s=0.0) as client:
+    with client_for(models_dir, request_timeout_s=1e-9) as client:  # over before the batch is decoded
         response = client.post("/translate", json=REQUEST)
         assert response.status_code == 503
         assert response.headers["Retry-After"] == "1"
-        assert "time budget of 0 s" in response.json()["error"]
+        assert "time budget of 1e-09 s" in response.json()["error"]
         assert client.get("/health").status_code == 200
 
 
@@ -208,3 +208,18 @@ def test_a_batch_is_searched_at_most_max_sentences_at_a_time(
 def test_a_batch_bound_below_one_sentence_is_refused() -> None:
     with pytest.raises(ValidationError, match="max_batch_sentences"):
         Settings(max_batch_sentences=0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_texts": 0}, "max_texts"),
+        ({"max_queued_sentences": 0}, "max_queued_sentences"),
+        ({"request_timeout_s": 0}, "request_timeout_s"),
+        ({"max_alternatives": 12, "max_beam_size": 10}, r"max_alternatives \+ 1 \(13\) is over max_beam_size \(10\)"),
+        ({"default_beam_size": 12}, r"default_beam_size \(12\) is over max_beam_size \(10\)"),
+    ],
+)
+def test_limits_no_request_could_meet_are_refused_by_name(settings: dict[str, float], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(**settings)  # type: ignore[arg-type]
