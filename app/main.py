@@ -23,7 +23,7 @@ from app.metrics import Metrics, ObserveRequests
 from app.registry import ServedModel, load_models
 from app.routes import health, languages, translate, web
 from app.service import Service
-from app.settings import Settings
+from app.settings import Settings, load_settings
 from app.torch_thread import TORCH_THREAD
 from mt.translator import resolve_device
 
@@ -32,7 +32,7 @@ log = logging.getLogger("app")
 
 def create_app(settings: Settings | None = None, models: dict[tuple[str, str], ServedModel] | None = None) -> FastAPI:
     """The app; it loads the models of `settings.models_dir` at start-up unless given them loaded."""
-    settings = settings or Settings()
+    settings = settings or load_settings()
     metrics = Metrics()
     access = Access.from_settings(settings)  # a bad keys file stops start-up here
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -50,11 +52,30 @@ class Settings(BaseSettings):
         """A request's alternatives + 1 hypotheses, and the default beam, must fit under MT_MAX_BEAM_SIZE."""
         if self.max_alternatives + 1 > self.max_beam_size:
             raise ValueError(
-                f"max_alternatives + 1 ({self.max_alternatives + 1}) is over max_beam_size ({self.max_beam_size}): "
-                "every alternative is a hypothesis of the beam"
+                f"MT_MAX_ALTERNATIVES + 1 ({self.max_alternatives + 1}) is over MT_MAX_BEAM_SIZE "
+                f"({self.max_beam_size}): every alternative is a hypothesis of the beam"
             )
         if self.default_beam_size > self.max_beam_size:
             raise ValueError(
-                f"default_beam_size ({self.default_beam_size}) is over max_beam_size ({self.max_beam_size})"
+                f"MT_DEFAULT_BEAM_SIZE ({self.default_beam_size}) is over MT_MAX_BEAM_SIZE ({self.max_beam_size})"
             )
         return self
+
+
+class SettingsError(ValueError):
+    """Settings no server can run with: one message naming each `MT_*` variable that is wrong, and why."""
+
+
+def load_settings(**values: Any) -> Settings:
+    """`Settings` from the environment and `values` (the `mt serve` flags), or SettingsError in one line."""
+    try:
+        return Settings(**values)
+    except ValidationError as error:
+        problems = []
+        for problem in error.errors(include_url=False):
+            message = problem["msg"].removeprefix("Value error, ")
+            if problem["loc"]:  # a field's own bound; else a rule across fields, whose message names them
+                name = "MT_" + "_".join(str(part) for part in problem["loc"]).upper()
+                message = f"{name}: {message} (got {problem['input']!r})"
+            problems.append(message)
+        raise SettingsError("; ".join(problems)) from None

@@ -165,7 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from app.main import create_app
     from app.registry import ModelsError, load_models
-    from app.settings import Settings
+    from app.settings import load_settings
     from app.torch_thread import TORCH_THREAD
 
     flags = {
@@ -179,7 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "rate_limit_per_minute": args.rate_limit_per_minute,
         "cors_origins": args.cors_origins,
     }
-    settings = Settings(**{key: value for key, value in flags.items() if value is not None})
+    settings = load_settings(**{key: value for key, value in flags.items() if value is not None})
     logging.getLogger("app").setLevel(logging.INFO)
     try:  # before the server starts, so that a bad models folder is one clear line, not a traceback
         models = TORCH_THREAD.submit(

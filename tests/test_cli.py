@@ -143,6 +143,23 @@ def test_bad_input_is_a_one_line_error_and_exit_code_2(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MT_MAX_TEXTS": "0"}, "mt serve: error: MT_MAX_TEXTS: Input should be greater than or equal to 1 (got '0')"),
+        ({"MT_MAX_ALTERNATIVES": "12"}, "MT_MAX_ALTERNATIVES + 1 (13) is over MT_MAX_BEAM_SIZE (10)"),
+    ],
+)
+def test_bad_server_settings_are_one_line_naming_the_variable(
+    env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["serve", "--models", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
 def test_python_dash_m_runs_the_same_command() -> None:
     result = subprocess.run([sys.executable, "-m", "mt", "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0

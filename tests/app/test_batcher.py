@@ -215,8 +215,11 @@ def test_a_batch_bound_below_one_sentence_is_refused() -> None:
         ({"max_texts": 0}, "max_texts"),
         ({"max_queued_sentences": 0}, "max_queued_sentences"),
         ({"request_timeout_s": 0}, "request_timeout_s"),
-        ({"max_alternatives": 12, "max_beam_size": 10}, r"max_alternatives \+ 1 \(13\) is over max_beam_size \(10\)"),
-        ({"default_beam_size": 12}, r"default_beam_size \(12\) is over max_beam_size \(10\)"),
+        (
+            {"max_alternatives": 12, "max_beam_size": 10},
+            r"MT_MAX_ALTERNATIVES \+ 1 \(13\) is over MT_MAX_BEAM_SIZE \(10\)",
+        ),
+        ({"default_beam_size": 12}, r"MT_DEFAULT_BEAM_SIZE \(12\) is over MT_MAX_BEAM_SIZE \(10\)"),
     ],
 )
 def test_limits_no_request_could_meet_are_refused_by_name(settings: dict[str, float], message: str) -> None:
