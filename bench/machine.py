@@ -9,6 +9,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,21 +33,32 @@ def describe() -> str:
     )
 
 
-def matmul_peak(size: int = 4096, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """FLOP/s of a large matrix product in `dtype`: what the cores can do at best."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def matmul_peak(
+    size: int = 4096, repeats: int = 5, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> float:
+    """FLOP/s of a large matrix product in `dtype` on `device`: what the cores (or the GPU) can do at best."""
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    wait = sync(device)
     torch.mm(a, b)  # warm-up
+    wait()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b)
+        wait()
         times.append(time.perf_counter() - start)
     return 2 * size**3 / statistics.median(times)
 
 
-def speed() -> str:
-    """The fp32 matmul peak at this moment, to print at the start and end of a run."""
-    return f"fp32 matmul peak now: {matmul_peak() / 1e9:.1f} GFLOP/s (median torch.mm of 4096x4096 matrices)"
+def sync(device: str | torch.device) -> Callable[[], None]:
+    """What waits for `device` to finish its queued work before a clock is read: nothing on the CPU."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
+
+
+def speed(device: str | torch.device = "cpu") -> str:
+    """The fp32 matmul peak of `device` at this moment, to print at the start and end of a run."""
+    peak = matmul_peak(device=device)
+    return f"fp32 matmul peak now: {peak / 1e9:.1f} GFLOP/s on {device} (median torch.mm of 4096x4096 matrices)"
 
 
 def rss_mib(pid: int) -> float:

@@ -3,6 +3,7 @@
     python bench/train_speed.py                       # the default de->en config on Multi30k
     python bench/train_speed.py --config configs/de-en.yaml --steps 120
     python bench/train_speed.py --precision bf16      # matrix products in bfloat16 (autocast)
+    python bench/train_speed.py --device cuda         # on a GPU (bench/gpu.sh runs the GPU checks)
 
 Prints the machine (CPU model, cores, torch version and threads) beside the figures. Runs the same
 training step as `mt train` (same batches, loss and optimizer), without validation or checkpoints.
@@ -16,7 +17,7 @@ import statistics
 import time
 
 import torch
-from machine import describe, matmul_peak
+from machine import describe, matmul_peak, sync
 from torch.utils.flop_counter import FlopCounterMode
 
 from mt.config import Config
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="timed steps (after 10 warm-up steps)")
     parser.add_argument("--window", type=int, default=10, help="steps per measured window")
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="train.precision (default: the config's)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a machine with a GPU (default: cpu)")
     args = parser.parse_args()
 
     config = Config.load(args.config) if args.config else Config()
@@ -48,25 +50,28 @@ def main() -> None:
     src_tok, tgt_tok = train_tokenizers(corpus, config)
     src, tgt = src_tok.encode(corpus.src), tgt_tok.encode(corpus.tgt)
     batches = make_batches(src, tgt, batch_tokens=config.train.batch_tokens, rng=random.Random(0))
-    model = Seq2Seq.from_config(config.model, src_vocab=len(src_tok), tgt_vocab=len(tgt_tok))
+    device = torch.device(args.device)
+    model = Seq2Seq.from_config(config.model, src_vocab=len(src_tok), tgt_vocab=len(tgt_tok)).to(device)
     optimizer = make_optimizer(model, config.train)
-    device = torch.device("cpu")
+    wait = sync(device)
 
     rates: list[float] = []
     tokens, start = 0, 0.0
     for i, indices in enumerate(batches[: 10 + args.steps]):
         if i == 10 or (i > 10 and (i - 10) % args.window == 0):
+            wait()
             if i > 10:
                 rates.append(tokens / (time.perf_counter() - start))
             tokens, start = 0, time.perf_counter()
         batch = collate(indices, src, tgt, device)
         train_step(model, optimizer, batch, config.train)
         tokens += batch.tgt_tokens
+    wait()
     if tokens and len(batches) >= 10 + args.steps:
         rates.append(tokens / (time.perf_counter() - start))  # the last window
-    flops_per_token = training_flops_per_token(model, optimizer, batches[10:20], src, tgt, config)
+    flops_per_token = training_flops_per_token(model, optimizer, batches[10:20], src, tgt, config, device)
     dtype = torch.bfloat16 if config.train.precision == "bf16" else torch.float32
-    peak = matmul_peak(dtype=dtype)
+    peak = matmul_peak(dtype=dtype, device=device)
     achieved = statistics.median(rates) * flops_per_token
     print(describe())
     print(
@@ -92,11 +97,12 @@ def training_flops_per_token(
     src: list[list[int]],
     tgt: list[list[int]],
     config: Config,
+    device: torch.device,
 ) -> float:
     """Floating-point operations of the matrix products of training steps, per target token."""
     flops, tokens = 0, 0
     for indices in batches:
-        batch = collate(indices, src, tgt, torch.device("cpu"))
+        batch = collate(indices, src, tgt, device)
         with FlopCounterMode(display=False) as counter:
             train_step(model, optimizer, batch, config.train)
         flops += counter.get_total_flops()

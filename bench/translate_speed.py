@@ -60,7 +60,7 @@ def main() -> None:
     typical = min(sources, key=lambda s: (abs(len(s.split()) - 12), s))
 
     print(describe())
-    print(speed())
+    print(speed(args.device))
     print(f"model: {args.model}; {len(sources)} sentences of {args.data}; device {args.device}")
     print(f"typical sentence ({len(typical.split())} words): {typical}")
     precisions = ["fp32"]
@@ -100,7 +100,7 @@ def main() -> None:
             )
         if args.random_batches and not int8:
             random_batches(translator, sources, args.random_batches, args.repeats, precision)
-    print(f"\n{speed()}")
+    print(f"\n{speed(args.device)}")
 
 
 def random_batches(translator: Translator, sources: list[str], sizes: list[int], repeats: int, precision: str) -> None:
