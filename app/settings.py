@@ -30,20 +30,18 @@ class Settings(BaseSettings):
     max_beam_size: int = Field(default=10, ge=1)
     max_alternatives: int = Field(default=5, ge=0)  # a request's alternatives + 1 hypotheses are searched
     max_body_bytes: int = Field(default=1_000_000, ge=1)
-    batch_wait_ms: float = Field(
-        default=10.0, ge=0
-    )  # at most, for as many sentences as were in flight after the last batch
+    # at most, for as many sentences as were in flight after the last batch
+    batch_wait_ms: float = Field(default=10.0, ge=0)
     # sentences per search, at most (a batch of requests is searched this many at a time): with beam 5,
     # searches of 64 instead of 32 served no faster and grew the server to 1.0-1.25 GiB (docs/performance.md)
     max_batch_sentences: int = Field(default=32, ge=1)
     # load and pathological input: refuse early rather than queue or decode without bound
-    max_pieces: int = Field(
-        default=400, ge=1
-    )  # per text, after SentencePiece; longer texts are refused (training kept <= 100 words)
-    max_queued_sentences: int = Field(
-        default=2000, ge=1
-    )  # per model; beyond it requests are answered 503 with Retry-After
-    request_timeout_s: float = Field(default=30.0, gt=0)  # time budget per request, waiting and decoding; past it, 503
+    # per text, after SentencePiece; longer texts are refused (training kept <= 100 words)
+    max_pieces: int = Field(default=400, ge=1)
+    # per model; beyond it requests are answered 503 with Retry-After
+    max_queued_sentences: int = Field(default=2000, ge=1)
+    # time budget per request, waiting and decoding; past it, 503
+    request_timeout_s: float = Field(default=30.0, gt=0)
     default_beam_size: int = Field(default=0, ge=0)  # 0: each model's own default
     log_level: str = "info"
 

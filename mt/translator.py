@@ -56,6 +56,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def require_native_bf16(device: torch.device) -> None:
+    """Refuse bf16 inference where `device` would only emulate it: a CPU without AMX or AVX512-BF16, a
+    GPU older than Ampere (compute capability 8.0)."""
+    if device.type == "cpu":
+        require_bf16()
+    elif device.type != "cuda":
+        raise ValueError(f"bf16 inference runs on the CPU or CUDA, not on {device}: leave out bf16")
+    elif (capability := torch.cuda.get_device_capability(device)) < (8, 0):
+        raise ValueError(
+            f"bf16 inference needs a GPU that multiplies bfloat16 natively (compute capability 8.0, Ampere, or "
+            f"newer); {torch.cuda.get_device_name(device)} is {capability[0]}.{capability[1]}: leave out bf16"
+        )
+
+
 class Translator:
     def __init__(
         self,
@@ -89,15 +103,8 @@ class Translator:
             raise ValueError(f"int8 inference runs on the CPU, not on {resolved}: leave out int8 or use device cpu")
         if int8 and bf16:
             raise ValueError("int8 and bf16 are two precisions for inference: choose one")
-        if bf16 and resolved.type not in ("cpu", "cuda"):
-            raise ValueError(f"bf16 inference runs on the CPU or CUDA, not on {resolved}: leave out bf16")
-        if bf16 and resolved.type == "cpu":
-            require_bf16()  # before loading anything
-        if bf16 and resolved.type == "cuda" and (capability := torch.cuda.get_device_capability(resolved)) < (8, 0):
-            raise ValueError(
-                f"bf16 inference needs a GPU that multiplies bfloat16 natively (compute capability 8.0, Ampere, or "
-                f"newer); {torch.cuda.get_device_name(resolved)} is {capability[0]}.{capability[1]}: leave out bf16"
-            )
+        if bf16:
+            require_native_bf16(resolved)  # before loading anything
         loaded = load_model_dir(path, device=resolved)
         num_parameters = loaded.model.num_parameters()
         loaded.model.decoder.tabulate_embedded_terms()  # this model only translates: its weights stay as loaded
