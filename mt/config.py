@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -125,9 +126,27 @@ class Config:
         for key in ("dropout", "emb_dropout"):
             value = getattr(self.model, key)
             _require(0 <= value < 1, f"model.{key} must be in [0, 1), got {value}")
-        _require(0 <= self.train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)")
-        _require(self.train.lr > 0, f"train.lr must be positive, got {self.train.lr}")
+        train = self.train
+        _require(0 <= train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)")
+        # NaN fails every comparison, so these also refuse it
+        for key, value in (
+            ("lr", train.lr),
+            ("clip_norm", train.clip_norm),
+            ("save_every_minutes", train.save_every_minutes),
+        ):
+            _require(0 < value < math.inf, f"train.{key} must be positive and finite, got {value}")
+        for key, value in (
+            ("weight_decay", train.weight_decay),
+            ("min_lr", train.min_lr),
+            ("max_minutes", train.max_minutes),
+        ):
+            _require(0 <= value < math.inf, f"train.{key} must be >= 0 and finite, got {value}")
+        _require(0 < train.lr_decay <= 1, f"train.lr_decay must be in (0, 1], got {train.lr_decay}")
+        _require(self.data.max_len >= 1, f"data.max_len must be at least 1, got {self.data.max_len}")
+        _require(self.data.max_ratio >= 1, f"data.max_ratio must be at least 1, got {self.data.max_ratio}")
         _require(self.vocab.sampling_alpha >= 0, "vocab.sampling_alpha must be >= 0")
+        coverage = self.vocab.character_coverage
+        _require(0 < coverage <= 1, f"vocab.character_coverage must be in (0, 1], got {coverage}")
         self.decode.validate()
 
     def to_dict(self) -> dict[str, Any]:

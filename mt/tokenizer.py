@@ -42,20 +42,24 @@ class Tokenizer:
     ) -> Tokenizer:
         seed_sampling(seed)
         proto = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences),
-            model_writer=proto,
-            vocab_size=vocab_size,
-            model_type=model_type,
-            character_coverage=character_coverage,
-            pad_id=PAD,
-            unk_id=UNK,
-            bos_id=BOS,
-            eos_id=EOS,
-            hard_vocab_limit=False,  # a tiny corpus may not support the requested size: use what it supports
-            num_threads=1,  # the same pieces on every machine
-            minloglevel=2,
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(sentences),
+                model_writer=proto,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=character_coverage,
+                pad_id=PAD,
+                unk_id=UNK,
+                bos_id=BOS,
+                eos_id=EOS,
+                hard_vocab_limit=False,  # a tiny corpus may not support the requested size: use what it supports
+                num_threads=1,  # the same pieces on every machine
+                minloglevel=2,
+            )
+        except RuntimeError as error:  # e.g. fewer pieces than the corpus has characters
+            reason = " ".join(str(error).split("] ")[-1].split())  # without SentencePiece's source location
+            raise TokenizerError(f"cannot train a SentencePiece model of {vocab_size} pieces: {reason}") from None
         return cls(model_proto=proto.getvalue())
 
     @classmethod

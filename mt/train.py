@@ -45,7 +45,7 @@ from mt.data import ParallelCorpus, clean, load_split
 from mt.distributed import World
 from mt.loss import label_smoothed_cross_entropy
 from mt.model import Seq2Seq, pad_batch
-from mt.tokenizer import BOS, EOS, PAD, Tokenizer, seed_sampling
+from mt.tokenizer import BOS, EOS, PAD, Tokenizer, TokenizerError, seed_sampling
 from mt.translator import Translator, resolve_device
 
 log = logging.getLogger(__name__)
@@ -168,19 +168,22 @@ def train_step(
 def train_tokenizers(corpus: ParallelCorpus, config: Config) -> tuple[Tokenizer, Tokenizer]:
     vocab = config.vocab
 
-    def train(sentences: list[str], size: int) -> Tokenizer:
-        return Tokenizer.train(
-            sentences,
-            vocab_size=size,
-            model_type=vocab.model_type,
-            character_coverage=vocab.character_coverage,
-            seed=config.train.seed,
-        )
+    def train(sentences: list[str], key: str) -> Tokenizer:
+        try:
+            return Tokenizer.train(
+                sentences,
+                vocab_size=getattr(vocab, key),
+                model_type=vocab.model_type,
+                character_coverage=vocab.character_coverage,
+                seed=config.train.seed,
+            )
+        except TokenizerError as error:
+            raise TokenizerError(f"vocab.{key}: {error}") from None
 
     if vocab.joint:
-        joint = train(corpus.src + corpus.tgt, vocab.src_size)
+        joint = train(corpus.src + corpus.tgt, "src_size")
         return joint, joint
-    return train(corpus.src, vocab.src_size), train(corpus.tgt, vocab.tgt_size)
+    return train(corpus.src, "src_size"), train(corpus.tgt, "tgt_size")
 
 
 def keep_freed_memory() -> None:

@@ -63,6 +63,14 @@ def test_invalid_yaml_file_names_the_file(tmp_path: Path) -> None:
         ("decode.max_len_a", float("inf"), "decode.max_len_a must be between 0 and 100"),
         ("decode.max_len_b", 10**9, "decode.max_len_a must be between 0 and 100 and decode.max_len_b"),
         ("decode.length_penalty", float("nan"), "decode.length_penalty must be between 0 and 10"),
+        # a negative clip norm flips every gradient: training would climb the loss
+        ("train.clip_norm", -1.0, "train.clip_norm must be positive and finite, got -1.0"),
+        ("train.clip_norm", float("nan"), "train.clip_norm must be positive and finite, got nan"),
+        ("train.save_every_minutes", float("nan"), "train.save_every_minutes must be positive"),
+        ("train.weight_decay", -0.1, "train.weight_decay must be >= 0"),
+        ("train.lr_decay", 0.0, r"train.lr_decay must be in \(0, 1\]"),
+        ("data.max_ratio", 0.5, "data.max_ratio must be at least 1"),
+        ("vocab.character_coverage", 0.0, r"vocab.character_coverage must be in \(0, 1\]"),
     ],
 )
 def test_values_no_run_can_use_are_refused_by_name(key: str, value: object, message: str) -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mt.tokenizer import BOS, EOS, PAD, UNK, Tokenizer, seed_sampling
+from mt.tokenizer import BOS, EOS, PAD, UNK, Tokenizer, TokenizerError, seed_sampling
 
 from .conftest import reverse_task
 
@@ -12,6 +12,13 @@ from .conftest import reverse_task
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
     return Tokenizer.train([row["src"] for row in reverse_task(500, seed=0)], vocab_size=40)
+
+
+def test_too_few_pieces_for_the_corpus_is_a_clear_error() -> None:
+    with pytest.raises(
+        TokenizerError, match="cannot train a SentencePiece model of 8 pieces: Vocabulary size is smaller"
+    ):
+        Tokenizer.train([row["src"] for row in reverse_task(50, seed=0)], vocab_size=8)
 
 
 def test_special_pieces_have_fixed_ids(tokenizer: Tokenizer) -> None:
