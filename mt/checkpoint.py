@@ -42,6 +42,7 @@ from mt.model import Seq2Seq
 from mt.tokenizer import Tokenizer, TokenizerError
 
 WEIGHTS, CONFIG, SRC_SPM, TGT_SPM = "model.safetensors", "config.json", "src.spm", "tgt.spm"
+MODEL_FILES = (WEIGHTS, CONFIG, SRC_SPM, TGT_SPM)  # what `save_model_dir` writes
 OPTIMIZER, TRAINER = "optimizer.safetensors", "trainer.json"
 TIED = "decoder.output.weight"
 CHECKSUM = "sha256"  # key in a safetensors file's metadata; the value is `tensors_digest` of its tensors
@@ -250,8 +251,21 @@ def export_model_dir(
     """Write a model directory for shipping: the weights of `sources` averaged (one source: copied),
     without optimizer state, in fp16 if `half`, with `decode` as its decoding defaults.
 
+    An existing `out` must be a model directory (or empty): its model files are replaced, and whatever
+    else it holds (a model card, hypotheses) is kept. Any other directory is refused, not deleted.
     Averaging the last checkpoints of a run is a cheap ensemble (Junczys-Dowmunt et al. 2016).
     """
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ModelDirError(f"{out} is a link or a file; export writes a new directory")
+    kept = [entry for entry in out.iterdir() if entry.name not in MODEL_FILES] if out.is_dir() else []
+    if kept and not (out / CONFIG).is_file():
+        names = ", ".join(sorted(entry.name for entry in kept)[:5])
+        raise ModelDirError(
+            f"{out} exists and is not a model directory (it holds {names}, and no {CONFIG}): "
+            "export replaces only a model directory; choose another --out"
+        )
+    if decode is not None:
+        decode.validate()  # before anything is written: a model that will not load must not replace one that does
     loaded = [load_model_dir(path) for path in sources]
     first = loaded[0]
     for other, path in zip(loaded[1:], sources[1:], strict=True):
@@ -266,16 +280,19 @@ def export_model_dir(
     first.model.load_state_dict(averaged, strict=False)  # a tied output weight comes with the embedding
     if decode is not None:
         first.config.decode = decode
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ModelDirError(f"{out} is a link or a file; export writes a new directory")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model_dir(tmp, first.model, first.config, first.src_tokenizer, first.tgt_tokenizer, half=half)
+    for entry in kept:  # copied, not moved: until the swap below, `out` stays whole
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, tmp / entry.name, symlinks=True)
+        else:
+            shutil.copy2(entry, tmp / entry.name, follow_symlinks=False)
     if out.exists():  # keep the previous export until the new one is in place
         os.replace(out, old)
-    for file in tmp.iterdir():
-        file.chmod(0o644)  # shipped files: readable by the non-root user of a container
+    for name in MODEL_FILES:
+        (tmp / name).chmod(0o644)  # shipped files: readable by the non-root user of a container
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
     return first

@@ -13,7 +13,7 @@ import sys
 import typing
 from pathlib import Path
 
-from mt.checkpoint import CONFIG, ModelDirError
+from mt.checkpoint import CONFIG, MODEL_FILES, ModelDirError
 from mt.config import Config, ConfigError, DecodeConfig, section_fields, section_names, set_field
 from mt.data import CorpusError, read_lines
 from mt.distributed import World, leave
@@ -151,11 +151,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     sources = [Path(path) for path in args.models]
     decode = _decode_config(args, Config.load(Path(args.models[0]) / CONFIG).decode)
     exported = export_model_dir(sources, Path(args.out), half=args.fp16, decode=decode)
-    size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 1e6
+    out = Path(args.out)
+    size = sum((out / name).stat().st_size for name in MODEL_FILES) / 1e6
     averaged = f"average of {len(sources)} checkpoints" if len(sources) > 1 else "one checkpoint"
+    kept = sorted(entry.name for entry in out.iterdir() if entry.name not in MODEL_FILES)
     print(
         f"wrote {args.out}: {exported.model.num_parameters():,} parameters, {averaged}, "
-        f"{'fp16' if args.fp16 else 'fp32'}, {size:.1f} MB"
+        f"{'fp16' if args.fp16 else 'fp32'}, {size:.1f} MB" + (f"; kept {', '.join(kept)}" if kept else "")
     )
     return 0
 

@@ -18,7 +18,7 @@ from mt.checkpoint import (
     prune_checkpoints,
     save_model_dir,
 )
-from mt.config import DecodeConfig
+from mt.config import ConfigError, DecodeConfig
 from mt.train import Trainer
 from mt.translator import Translator
 
@@ -149,6 +149,39 @@ def test_saving_a_step_twice_never_touches_the_live_checkpoint(tmp_path: Path) -
     prune_checkpoints(tmp_path, keep_last=1)
     assert (tmp_path / "last" / "file").read_text() == "two"
     assert not first.exists()
+
+
+def test_export_keeps_a_model_directorys_other_files(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    export_model_dir([model_dir], out)
+    (out / "README.md").write_text("model card")
+    (out / "test.en.hyp").write_text("hypotheses")
+    export_model_dir([model_dir], out, half=True)
+    assert (out / "README.md").read_text() == "model card"
+    assert (out / "test.en.hyp").read_text() == "hypotheses"
+    assert load_file(str(out / "model.safetensors"))["decoder.embedded_proj.bias"].dtype == torch.float16
+
+
+def test_export_refuses_to_replace_a_directory_that_is_not_a_model(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "models"  # --out models, meant as --out models/de-en
+    (out / "de-en").mkdir(parents=True)
+    (out / "notes.txt").write_text("precious")
+    with pytest.raises(
+        ModelDirError, match=r"is not a model directory \(it holds de-en, notes.txt, and no config.json\)"
+    ):
+        export_model_dir([model_dir], out)
+    assert (out / "notes.txt").read_text() == "precious"
+    assert (out / "de-en").is_dir()
+
+
+def test_export_refuses_bad_decoding_defaults_before_writing(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    export_model_dir([model_dir], out)
+    before = (out / "config.json").read_text()
+    with pytest.raises(ConfigError, match=r"decode\.beam_size must be at least 1"):
+        export_model_dir([model_dir], out, decode=DecodeConfig(beam_size=0))
+    assert (out / "config.json").read_text() == before
+    load_model_dir(out)
 
 
 def test_export_replaces_an_existing_directory_but_not_a_link(model_dir: Path, tmp_path: Path) -> None:
