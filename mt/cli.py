@@ -7,6 +7,7 @@ Every config field is also a flag, named `--section.field` (`--train.lr 0.0005`,
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import logging
 import sys
@@ -74,26 +75,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if World.from_env().is_main:  # before reading the run's config, so the error says what is wrong
         check_run_dir(out, args.resume)
-    if args.resume:
-        config = Config.load(out / "last" / CONFIG)
-        fixed = [key for key in _overrides(args) if key.split(".")[0] in ("model", "vocab")]
-        if fixed:
-            raise ConfigError(
-                f"{', '.join(fixed)} cannot change when resuming: the checkpoint's weights and "
-                "vocabulary were built with the stored values; start a new run instead"
-            )
-    else:
-        config = Config.load(args.config) if args.config else Config()
-        for flag, dotted in (("data", "data.path"), ("src", "data.src"), ("tgt", "data.tgt")):
-            if getattr(args, flag) is not None:
-                set_field(config, dotted, getattr(args, flag))
+    stored = Config.load(out / "last" / CONFIG) if args.resume else None
+    # a resumed run starts from its stored config; given a config file (the same command line as the
+    # run's first, plus --resume), from that, and what it fixes must then agree with the stored one
+    config = Config.load(args.config) if args.config else copy.deepcopy(stored) if stored else Config()
+    for flag, dotted in (("data", "data.path"), ("src", "data.src"), ("tgt", "data.tgt")):
+        if getattr(args, flag) is not None:
+            set_field(config, dotted, getattr(args, flag))
     _apply(config, _overrides(args))
+    if stored is not None:
+        changed = [key for key in _fixed_on_resume() if _value(config, key) != _value(stored, key)]
+        if changed:
+            was = ", ".join(f"{key} {_value(stored, key)!r} -> {_value(config, key)!r}" for key in changed)
+            raise ConfigError(
+                f"cannot change when resuming ({was}): the checkpoint's weights, vocabulary, batches and "
+                "optimizer state were made with the stored values; start a new run instead"
+            )
     trainer = Trainer(config, out, resume=args.resume, max_steps=args.max_steps)
     progress = trainer.fit()
     if trainer.world.is_main:
         best = f"best greedy validation BLEU {progress.best_bleu:.2f} at step {progress.best_step}"
         print(f"{best}; model: {out / 'best'}")
     return 0
+
+
+def _fixed_on_resume() -> list[str]:
+    """What a resumed run must keep: the model and vocabulary its weights were built with, the corpus
+    and batches its saved position points into (the corpus may move: data.path is free), and the
+    learning rate and weight decay, which its optimizer's saved state would silently override."""
+    fixed = [f"{section}.{key}" for section in ("model", "vocab", "data") for key in section_fields(section)]
+    return [key for key in fixed if key != "data.path"] + [
+        "train.seed",
+        "train.batch_tokens",
+        "train.lr",
+        "train.weight_decay",
+    ]
+
+
+def _value(config: Config, dotted: str) -> object:
+    section, key = dotted.split(".")
+    return getattr(getattr(config, section), key)
 
 
 def cmd_translate(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -168,4 +169,26 @@ def test_python_dash_m_runs_the_same_command() -> None:
 
 def test_resume_refuses_to_change_the_architecture(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--resume", "--out", str(trained), "--model.emb_size", "8"]) == 2
-    assert "model.emb_size cannot change when resuming" in capsys.readouterr().err
+    assert "cannot change when resuming (model.emb_size 16 -> 8)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "changed"),
+    [
+        (["--src", "tgt", "--tgt", "src"], "data.src 'src' -> 'tgt', data.tgt 'tgt' -> 'src'"),  # the other tokenizers
+        (["--train.lr", "0.5"], "train.lr 0.01 -> 0.5"),  # the optimizer's saved learning rate would win
+        (["--data.max_len", "3"], "data.max_len 100 -> 3"),  # other batches than the saved position's
+    ],
+)
+def test_resume_refuses_what_would_not_be_the_same_run(
+    trained: Path, flags: list[str], changed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--resume", "--out", str(trained), *flags]) == 2
+    assert f"cannot change when resuming ({changed})" in capsys.readouterr().err
+
+
+def test_resume_takes_the_first_command_line_again(trained: Path, reverse_corpus: Path) -> None:
+    """A killed job is resumed by its own command line plus --resume; the run is done, so it trains no further."""
+    first = ["--data", str(reverse_corpus), "--src", "src", "--tgt", "tgt", "--max-steps", "40", *TINY_FLAGS]
+    assert main(["train", "--out", str(trained), "--resume", *first]) == 0
+    assert json.loads((trained / "last" / "trainer.json").read_text())["step"] == 40
