@@ -10,6 +10,7 @@ import argparse
 import copy
 import dataclasses
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
@@ -135,7 +136,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         return 0
     text = "".join(blocks)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        _write(Path(args.output), text)
     else:
         sys.stdout.write(text)
     return 0
@@ -161,9 +162,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     hyp_path = Path(args.hyp) if args.hyp else Path(args.model) / f"{name}.{tgt_lang}.hyp"
     result = evaluate(translator, sources, references, decode)
-    hyp_path.write_text("".join(h + "\n" for h in result.hypotheses), encoding="utf-8")
+    _write(hyp_path, "".join(h + "\n" for h in result.hypotheses))
     print(result.report(name=name, decode=decode, hypotheses_path=hyp_path))
     return 0
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace `path` by `text` at once: a kill while writing leaves the previous file, not half of one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

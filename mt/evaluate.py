@@ -63,6 +63,8 @@ def read_test_set(
             if not path.is_file():
                 raise CorpusError(f"{path} does not exist")
         sources, references = (read_lines(p.read_bytes()) for p in paths)
+        if not sources:
+            raise CorpusError(f"{src} is empty: no sentences to translate and score")
         if len(sources) != len(references):
             raise CorpusError(f"{src} has {len(sources)} lines but {ref} has {len(references)}")
         return sources, references, Path(src).stem

@@ -123,6 +123,26 @@ def test_evaluate_on_source_and_reference_files(
     assert "src: BLEU" in capsys.readouterr().out
 
 
+def test_evaluate_on_empty_files_is_a_clear_error(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("empty.src", "empty.ref"):
+        (tmp_path / name).write_text("", encoding="utf-8")
+    flags = ["--src", str(tmp_path / "empty.src"), "--ref", str(tmp_path / "empty.ref"), "--hyp", str(tmp_path / "h")]
+    assert main(["evaluate", "--model", str(trained / "best"), *flags]) == 2
+    assert "empty.src is empty: no sentences to translate and score" in capsys.readouterr().err
+
+
+def test_translate_output_leaves_no_temporary_file(trained: Path, tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("alpha bravo\n", encoding="utf-8")
+    (tmp_path / "out.txt").write_text("the previous output\n", encoding="utf-8")
+    flags = ["--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "out.txt")]
+    assert main(["translate", "--model", str(trained / "best"), *flags]) == 0
+    assert len((tmp_path / "out.txt").read_text(encoding="utf-8").splitlines()) == 1
+    assert "previous" not in (tmp_path / "out.txt").read_text(encoding="utf-8")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.txt", "out.txt"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
