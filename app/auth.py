@@ -18,6 +18,7 @@ import math
 import re
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import unquote_plus
 
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -109,7 +110,10 @@ async def _body_key(request: Request) -> str | None:
     """The body's `api_key` field, JSON or form data (Starlette keeps the body for the route to parse)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in _FORM_TYPES:
-        value = (await request.form()).get("api_key")
+        try:
+            value = (await request.form()).get("api_key")
+        except UnicodeError:  # e.g. charset=punycode, whose decoding error Starlette does not catch
+            return None
     else:
         try:
             raw = json.loads(await request.body())
@@ -182,12 +186,21 @@ class RedactKeysInUrls(logging.Filter):
     """Masks `api_key=...` in access-log lines: uvicorn logs each URL with its query string, and a
     client may put a key there even though it is refused."""
 
-    _KEY = re.compile(r"(api(?:_|%5f)key=)[^&\s]*", re.IGNORECASE)
+    _PARAMETER = re.compile(r"(?P<name>[^?&=\s]+)=[^&\s]*")  # name=value in a query string
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(self._KEY.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(self._redact(a) if isinstance(a, str) and "?" in a else a for a in record.args)
         return True
+
+    @classmethod
+    def _redact(cls, url: str) -> str:
+        path, query = url.split("?", 1)
+
+        def mask(match: re.Match[str]) -> str:  # by the name Starlette reads: %61pi_key is api_key too
+            return f"{match['name']}=[redacted]" if unquote_plus(match["name"]).lower() == "api_key" else match[0]
+
+        return f"{path}?{cls._PARAMETER.sub(mask, query)}"
 
 
 def redact_access_log() -> None:

@@ -90,7 +90,10 @@ async def _parse(request: Request) -> TranslateRequest:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     raw: Any
     if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.form()
+        try:
+            form = await request.form()
+        except UnicodeError:  # e.g. charset=punycode, whose decoding error Starlette does not catch
+            raise HTTPException(400, "form data cannot be decoded in the charset it declares") from None
         raw = {key: (values if len(values := form.getlist(key)) > 1 else values[0]) for key in form}
     else:
         data = await request.body()

@@ -252,11 +252,13 @@ def test_keys_never_reach_the_logs_or_the_metrics(models_dir: Path, caplog: pyte
 def test_the_access_log_masks_a_key_in_the_url() -> None:
     record = logging.LogRecord(
         "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
-        ("127.0.0.1:5000", "POST", f"/translate?x=1&api_key={KEY}&API%5FKEY={KEY}&y=2", "1.1", 403), None,
+        ("127.0.0.1:5000", "POST", f"/translate?x=1&api_key={KEY}&API%5FKEY={KEY}&y=2&%61pi_k%65y={KEY}", "1.1", 403),
+        None,
     )  # fmt: skip
     assert RedactKeysInUrls().filter(record)
     assert record.getMessage() == (
-        '127.0.0.1:5000 - "POST /translate?x=1&api_key=[redacted]&API%5FKEY=[redacted]&y=2 HTTP/1.1" 403'
+        '127.0.0.1:5000 - "POST /translate?x=1&api_key=[redacted]&API%5FKEY=[redacted]&y=2&%61pi_k%65y=[redacted] '
+        'HTTP/1.1" 403'
     )
 
 

@@ -365,6 +365,19 @@ def test_broken_multipart_is_400(client: TestClient, content: bytes, content_typ
     assert_error(client.post("/translate", content=content, headers={"Content-Type": content_type}), 400)
 
 
+# a charset whose decoding error is a UnicodeError, not the UnicodeDecodeError Starlette catches
+_PUNYCODE_FORM = (
+    b'--B\r\nContent-Disposition: form-data; name="q"\r\n\r\n\\x\r\n--B--\r\n',
+    "multipart/form-data; boundary=B; charset=punycode",
+)
+
+
+def test_a_form_that_its_charset_cannot_decode_is_400(client: TestClient) -> None:
+    content, content_type = _PUNYCODE_FORM
+    response = client.post("/translate", content=content, headers={"Content-Type": content_type})
+    assert_error(response, 400, "form data cannot be decoded in the charset it declares")
+
+
 # --- methods and paths -------------------------------------------------------------------------------
 
 
@@ -435,6 +448,11 @@ def test_odd_api_keys_in_the_body_are_refused_not_500(keyed_client: TestClient, 
         assert assert_translated(response) == "GOLF BRAVO ALPHA"
     else:
         assert_error(response, status)
+
+
+def test_a_form_that_its_charset_cannot_decode_gets_no_key_through(keyed_client: TestClient) -> None:
+    content, content_type = _PUNYCODE_FORM
+    assert_error(keyed_client.post("/translate", content=content, headers={"Content-Type": content_type}), 403)
 
 
 def test_the_server_still_translates_after_all_that(client: TestClient, keyed_client: TestClient) -> None:
