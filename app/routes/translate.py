@@ -6,6 +6,7 @@ import dataclasses
 import json
 from typing import Any
 
+import torch
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import ValidationError
 
@@ -19,6 +20,8 @@ from mt.translator import Translation
 
 router = APIRouter()
 _RETRY = {"Retry-After": "1"}  # seconds; a client that backs off finds the queue drained
+# at 4 decimals, about 7 MB of JSON; one text of the longest admitted (390 pieces) can hold 233,000
+MAX_ALIGNMENT_WEIGHTS = 1_000_000
 
 _BODY = {"schema": TranslateRequest.model_json_schema()}  # the body is parsed by hand: JSON or form data
 
@@ -45,9 +48,9 @@ async def translate(request: Request, service: ServiceDep) -> TranslateResponse:
     body = await _parse(request)
     settings = service.settings
     texts = [body.q] if isinstance(body.q, str) else body.q
-    _check_limits(
-        texts, body, settings.max_texts, settings.max_chars, settings.max_beam_size, settings.max_alternatives
-    )
+    # a request of more texts than may wait in the queue would be told to retry forever
+    max_texts = min(settings.max_texts, settings.max_queued_sentences)
+    _check_limits(texts, body, max_texts, settings.max_chars, settings.max_beam_size, settings.max_alternatives)
     pair = (body.source, body.target)
     if pair not in service.models:
         raise HTTPException(
@@ -76,6 +79,13 @@ async def translate(request: Request, service: ServiceDep) -> TranslateResponse:
             "the server is busy, or the texts are too long: retry later, or send fewer or shorter texts",
             headers=_RETRY,
         ) from None
+    weights = sum(t.candidates[0].attention.numel() for t in translated) if body.alignments else 0
+    if weights > MAX_ALIGNMENT_WEIGHTS:  # its JSON would hold the event loop, and memory, for seconds
+        raise HTTPException(
+            400,
+            f"the alignments of these texts hold {weights:,} attention weights; at most {MAX_ALIGNMENT_WEIGHTS:,} "
+            "per request: send fewer or shorter texts with alignments",
+        )
     results: list[Translation | None] = [None] * len(texts)
     for index, translation in zip(filled, translated, strict=True):
         results[index] = translation
@@ -143,7 +153,9 @@ def _response(
             Alignment(
                 source_pieces=r.source_pieces,
                 target_pieces=r.candidates[0].pieces,
-                attention=r.candidates[0].attention.tolist(),
+                # 4 decimals, in float64, whose shortest repr is then as short: a float32 0.1234
+                # would be written 0.12340000271797180
+                attention=torch.round(r.candidates[0].attention.double(), decimals=4).tolist(),
             )
             if r
             else Alignment(source_pieces=[], target_pieces=[], attention=[])

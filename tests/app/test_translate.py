@@ -78,6 +78,16 @@ def test_alignments_give_pieces_and_attention_rows(client: TestClient) -> None:
     for row in alignment["attention"]:
         assert len(row) == len(alignment["source_pieces"])
         assert sum(row) == pytest.approx(1.0, abs=1e-3)
+        assert all(weight == round(weight, 4) for weight in row)  # 4 decimals, not float32's long repr
+
+
+def test_alignments_too_large_for_one_response_are_400(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.routes.translate.MAX_ALIGNMENT_WEIGHTS", 20)
+    body = {"q": ["alpha bravo", "kilo lima echo golf"], "source": "src", "target": "tgt", "beam_size": 1}
+    response = client.post("/translate", json={**body, "alignments": True})
+    assert response.status_code == 400
+    assert "attention weights; at most 20 per request" in response.json()["error"]
+    assert client.post("/translate", json=body).status_code == 200  # without alignments, the same texts
 
 
 def test_empty_text_translates_to_empty_text(client: TestClient) -> None:
@@ -137,6 +147,15 @@ def test_limits_are_400_with_the_limit(client: TestClient, body: dict[str, objec
     response = client.post("/translate", json={"source": "src", "target": "tgt", **body})
     assert response.status_code == 400
     assert message in response.json()["error"]
+
+
+def test_a_request_larger_than_the_queue_is_400_not_retry_forever(models_dir: Path) -> None:
+    with client_for(models_dir, max_texts=100, max_queued_sentences=8) as small_queue:
+        response = small_queue.post("/translate", json={"q": ["alpha"] * 9, "source": "src", "target": "tgt"})
+        assert response.status_code == 400
+        assert "q holds 9 texts; at most 8 per request" in response.json()["error"]
+        response = small_queue.post("/translate", json={"q": ["alpha"] * 8, "source": "src", "target": "tgt"})
+        assert response.status_code == 200
 
 
 def test_body_over_the_size_limit_is_413(client: TestClient) -> None:
