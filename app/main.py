@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from app.auth import Access, redact_access_log, split_list
 from app.batcher import Batcher
@@ -78,12 +79,14 @@ def create_app(settings: Settings | None = None, models: dict[tuple[str, str], S
         app.include_router(router)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _internal_error)
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # inside ObserveRequests: 413s are counted
     app.add_middleware(ObserveRequests, metrics=metrics)
 
-    if origins := split_list(settings.cors_origins):  # outermost, so that errors carry the CORS headers too
+    # outermost but for Starlette's ServerErrorMiddleware: errors carry the CORS headers too, but for a 500
+    if origins := split_list(settings.cors_origins):
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
@@ -102,6 +105,12 @@ async def _http_error(request: Request, error: Exception) -> Response:
 async def _validation_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, RequestValidationError)
     return JSONResponse({"error": describe_validation_errors(error.errors())}, status_code=400)
+
+
+async def _client_gone(request: Request, error: Exception) -> Response:
+    """The client went away while sending its body: no one to answer, and nothing wrong with the server.
+    499 is nginx's "client closed request", which the metrics count it as."""
+    return Response(status_code=499)
 
 
 async def _internal_error(request: Request, error: Exception) -> Response:

@@ -460,3 +460,34 @@ def test_the_server_still_translates_after_all_that(client: TestClient, keyed_cl
     assert response.json() == {"translatedText": ["GOLF BRAVO ALPHA", "ECHO LIMA KILO"]}
     assert 'status="500"' not in client.get("/metrics").text
     assert 'status="500"' not in keyed_client.get("/metrics").text
+
+
+def test_a_client_that_leaves_mid_body_is_no_internal_error(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client sends half a body and disconnects: nothing is logged as an error, and the metrics
+    count a 499 (nginx's "client closed request"), not a 500."""
+    app = client.app
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"q": "alph', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: Mapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/translate", "raw_path": b"/translate", "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("test", 80),
+    }  # fmt: skip
+    client.portal.call(app, scope, receive, send)  # type: ignore[union-attr]
+    assert statuses == [499]
+    assert not [record for record in caplog.records if record.levelname in ("ERROR", "CRITICAL")]
+    metrics = client.get("/metrics").text
+    assert 'mt_requests_total{route="/translate",status="499"} 1.0' in metrics
