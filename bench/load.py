@@ -15,7 +15,9 @@ sets MT_INT8 or MT_BF16), while the server is idle, before each client count and
 offline batch rate of the same model and settings, measured in the same minutes as the load (this
 machine's speed drifts by 20% within half an hour).
 Each client count's requests/s is then also given as a share of the mean of the offline rates
-measured just before and just after it.
+measured just before and just after it. So are, beside it, the rate of shuffled test sentences in
+batches as large as that many clients make (1 client, 1 sentence; 32 clients, 32), without HTTP, and
+the requests/s as a share of that: what the server loses to unsorted batches, and what to the rest.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import asyncio
 import itertools
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -140,6 +143,16 @@ def offline_rate(translator: Translator, sentences: list[str]) -> float:
     return len(sentences) / (time.perf_counter() - start)
 
 
+def random_rate(translator: Translator, sentences: list[str], size: int, count: int = 320) -> float:
+    """Sentences/s translating `count` of `sentences` in a fixed random order, `size` at a time: what a
+    server's batches of `size` random sentences run at, without HTTP."""
+    sample = random.Random(0).sample(sentences, min(count, len(sentences)))
+    start = time.perf_counter()
+    for first in range(0, len(sample), size):
+        translator.translate(sample[first : first + size])
+    return len(sample) / (time.perf_counter() - start)
+
+
 def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -177,8 +190,10 @@ def main() -> None:
             warm = rss_mib(process.pid)
             print(f"server memory after 200 warm-up requests: {warm:.0f} MiB")
         offline = None
+        server = Settings(
+            **{key.removeprefix("MT_").lower(): value for key, value in env.items() if key.startswith("MT_")}
+        )
         if args.offline:
-            server = Settings(**{key.removeprefix("MT_").lower(): value for key, value in env.items()})
             offline = Translator.from_dir(
                 Path(args.models) / f"{args.source}-{args.target}", device="cpu", int8=server.int8, bf16=server.bf16
             )
@@ -189,8 +204,10 @@ def main() -> None:
             "clients  requests  req/s   p50 ms  p95 ms  p99 ms  mean batch  server MiB  server CPU  client CPU  "
             "shed  errors"
         )
-        print(header + ("  offline/s  share" if offline else ""))
+        print(header + ("  offline/s  share  random/s  share" if offline else ""))
         for clients in args.clients:
+            batch = min(clients, server.max_batch_sentences)
+            unsorted = random_rate(offline, sentences, batch) if offline else 0.0
             batches, in_batches = batch_stats(url)
             start, client_cpu = time.perf_counter(), time.process_time()
             server_cpu = cpu_seconds(process.pid) if process else 0.0
@@ -204,7 +221,9 @@ def main() -> None:
             if offline:
                 before, rate = rate, offline_rate(offline, sentences)
                 reference = (before + rate) / 2
-                share = f"  {reference:9.1f}  {len(tally.latencies) / elapsed / reference:5.0%}"
+                unsorted = (unsorted + random_rate(offline, sentences, batch)) / 2
+                served = len(tally.latencies) / elapsed
+                share = f"  {reference:9.1f}  {served / reference:5.0%}  {unsorted:8.1f}  {served / unsorted:5.0%}"
             print(
                 f"{clients:7d}  {len(tally.latencies):8d}  {len(tally.latencies) / elapsed:5.1f}  "
                 f"{percentile(ok, 50) * 1000:7.0f} {percentile(ok, 95) * 1000:7.0f} {percentile(ok, 99) * 1000:7.0f}  "
