@@ -20,13 +20,23 @@ from .conftest import client_for
 REQUEST = {"q": ["alpha bravo golf", "kilo lima echo"], "source": "src", "target": "tgt"}
 
 
-def test_a_request_over_the_queue_limit_is_503_with_retry_after(models_dir: Path) -> None:
-    with client_for(models_dir, max_queued_sentences=1) as client:
-        response = client.post("/translate", json=REQUEST)
+def test_a_request_the_full_queue_refuses_is_503_with_retry_after(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route's answer to Overloaded (the queue's own bound: test_queue_refuses_beyond_its_bound_and_drains)."""
+    with client_for(models_dir) as client:
+        batcher = client.app.state.service.batchers[("src", "tgt")]  # type: ignore[attr-defined]
+
+        async def full(texts: list[str], decode: DecodeConfig) -> list[Translation]:
+            raise Overloaded("64 sentences are waiting; at most 64 may wait")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(batcher, "translate", full)
+            response = client.post("/translate", json=REQUEST)
         assert response.status_code == 503
         assert response.headers["Retry-After"] == "1"
-        assert "busy" in response.json()["error"]
-        assert client.post("/translate", json={**REQUEST, "q": "alpha bravo golf"}).status_code == 200
+        assert "the server is busy (64 sentences are waiting; at most 64 may wait)" in response.json()["error"]
+        assert client.post("/translate", json=REQUEST).status_code == 200
 
 
 def test_a_request_past_its_time_budget_is_503_and_the_worker_lives_on(models_dir: Path) -> None:
