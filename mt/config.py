@@ -141,7 +141,7 @@ class Config:
             ("max_minutes", train.max_minutes),
         ):
             _require(0 <= value < math.inf, f"train.{key} must be >= 0 and finite, got {value}")
-        _require(0 < train.lr_decay <= 1, f"train.lr_decay must be in (0, 1], got {train.lr_decay}")
+        _require(0 < train.lr_decay < 1, f"train.lr_decay must be in (0, 1), got {train.lr_decay}")
         _require(self.data.max_len >= 1, f"data.max_len must be at least 1, got {self.data.max_len}")
         _require(self.data.max_ratio >= 1, f"data.max_ratio must be at least 1, got {self.data.max_ratio}")
         _require(self.vocab.sampling_alpha >= 0, "vocab.sampling_alpha must be >= 0")

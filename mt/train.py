@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -80,6 +81,9 @@ class Progress:
     best_step: int = 0
     evals_without_improvement: int = 0
     scheduler: dict[str, Any] = field(default_factory=dict)
+    # with subword sampling, the batches of `epoch` (sentence ids): a new process samples other pieces
+    # from the same seed, and batches cut by those lengths would not be the ones batch_in_epoch counts
+    epoch_batches: list[list[int]] = field(default_factory=list)
 
 
 def make_batches(
@@ -184,6 +188,10 @@ def train_tokenizers(corpus: ParallelCorpus, config: Config) -> tuple[Tokenizer,
         joint = train(corpus.src + corpus.tgt, "src_size")
         return joint, joint
     return train(corpus.src, "src_size"), train(corpus.tgt, "tgt_size")
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
 
 
 def keep_freed_memory() -> None:
@@ -326,6 +334,9 @@ class Trainer:
         if self._limit_reached():  # resumed after its last checkpoint was written: a kill at the very end
             log.info("the run in %s already reached its step or time limit", self.run_dir)
             return self.progress
+        if self.progress.step > 0 and (reason := self._stop_reason()):  # it had stopped (or would have)
+            log.info("the run in %s is over: %s", self.run_dir, reason)
+            return self.progress
         log_path = self.run_dir / "log.jsonl" if self.world.is_main else Path(os.devnull)
         with log_path.open("a", encoding="utf-8") as self._log_file:
             while self.progress.epoch <= train_cfg.max_epochs:
@@ -334,6 +345,7 @@ class Trainer:
                 # the checkpoint taken now resumes at the start of the next epoch
                 self.progress.epoch += 1
                 self.progress.batch_in_epoch = 0
+                self.progress.epoch_batches = []
                 if train_cfg.eval_every == 0 and self._validate_and_save():
                     break
             else:
@@ -357,7 +369,9 @@ class Trainer:
 
     def _epoch_data(self) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
         """The epoch's pieces and batches, a pure function of (seed, epoch): a resumed run sees the same
-        batches, and so does every rank."""
+        batches, and so does every rank. With subword sampling a new process draws other pieces from the
+        same seed; the batches, kept in `Progress`, stay the same, so that every sentence is still trained
+        on once per epoch (the resumed rest of it in other segmentations)."""
         seed = self.config.train.seed * 1000 + self.progress.epoch
         alpha = self.config.vocab.sampling_alpha
         if alpha > 0 and self.world.size > 1:
@@ -366,7 +380,13 @@ class Trainer:
             src, tgt = self.world.broadcast(pieces)
         else:
             src, tgt = self._encode(seed, alpha)
-        batches = make_batches(src, tgt, batch_tokens=self.config.train.batch_tokens, rng=random.Random(seed))
+        batches = self.progress.epoch_batches or make_batches(
+            src, tgt, batch_tokens=self.config.train.batch_tokens, rng=random.Random(seed)
+        )
+        if alpha > 0:
+            self.progress.epoch_batches = batches
+        if self.world.size > 1:  # ranks that read different corpora would wait for each other forever
+            self.world.check_same(_digest(batches, src, tgt), f"epoch {self.progress.epoch}'s sentences")
         return src, tgt, batches
 
     def _encode(self, seed: int, alpha: float) -> tuple[list[list[int]], list[list[int]]]:

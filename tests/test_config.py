@@ -68,7 +68,8 @@ def test_invalid_yaml_file_names_the_file(tmp_path: Path) -> None:
         ("train.clip_norm", float("nan"), "train.clip_norm must be positive and finite, got nan"),
         ("train.save_every_minutes", float("nan"), "train.save_every_minutes must be positive"),
         ("train.weight_decay", -0.1, "train.weight_decay must be >= 0"),
-        ("train.lr_decay", 0.0, r"train.lr_decay must be in \(0, 1\]"),
+        ("train.lr_decay", 0.0, r"train.lr_decay must be in \(0, 1\)"),
+        ("train.lr_decay", 1.0, r"train.lr_decay must be in \(0, 1\)"),  # torch's scheduler refuses 1
         ("data.max_ratio", 0.5, "data.max_ratio must be at least 1"),
         ("vocab.character_coverage", 0.0, r"vocab.character_coverage must be in \(0, 1\]"),
     ],

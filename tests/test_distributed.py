@@ -106,6 +106,35 @@ def _collectives(rank: int, port: int, results: Path) -> None:
     leave(completed=True)
 
 
+def _train_on_own_corpus(rank: int, port: int, folders: list[Path], results: Path) -> None:
+    """One of two gloo processes whose corpus is not the other's (a node with its own, older copy)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    try:
+        Trainer(tiny_config(folders[rank]), results / f"run-{rank}", max_steps=5).fit()
+        error = ""
+    except RanksDivergedError as diverged:
+        error = str(diverged)
+    (results / f"rank-{rank}.txt").write_text(error)
+    leave(completed=True)
+
+
+def test_ranks_that_read_different_corpora_stop_with_an_error_not_a_hang(small_corpus: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    for split in ("train", "validation"):
+        lines = (small_corpus / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        (other / f"{split}.jsonl").write_text("\n".join(lines[: len(lines) * 9 // 10]) + "\n", encoding="utf-8")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spawn(_train_on_own_corpus, args=(port, [small_corpus, other], tmp_path), nprocs=2)
+    for rank in (0, 1):
+        assert (tmp_path / f"rank-{rank}.txt").read_text() == (
+            "the epoch 1's sentences differ between ranks: ranks [1] do not match rank 0"
+        )
+
+
 def test_a_rank_without_lines_adds_nothing_and_diverged_ranks_stop_every_rank(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

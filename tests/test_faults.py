@@ -214,6 +214,37 @@ def test_resuming_a_finished_run_trains_no_further(small_corpus: Path, tmp_path:
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == checkpoints
 
 
+def test_resuming_a_run_that_stopped_early_trains_no_further(small_corpus: Path, tmp_path: Path) -> None:
+    """Stopped by early stopping (no better BLEU at a learning rate too small to learn): resumed, it stays
+    stopped, rather than training another evaluation period and perhaps moving `best`."""
+    config = tiny_config(small_corpus, eval_every=2, patience=1, lr=1e-9, min_lr=0.0)
+    Trainer(config, tmp_path / "run", max_steps=50).fit()
+    stopped_at = last_step(tmp_path / "run")
+    assert stopped_at < 50
+    Trainer(config, tmp_path / "run", resume=True, max_steps=50).fit()
+    assert last_step(tmp_path / "run") == stopped_at
+
+
+def test_a_run_with_subword_sampling_resumes_on_the_batches_it_left(
+    small_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new process samples other pieces from the same seed (sentencepiece 0.2), and batches cut by their
+    lengths would put other sentences after the saved position: half the rest of the epoch trained twice,
+    half never. The resumed run must go on with the batches it saved, whatever its samples."""
+    config = tiny_config(small_corpus, eval_every=5)
+    config.vocab.sampling_alpha = 0.5
+    Trainer(config, tmp_path / "run", max_steps=5).fit()
+    saved = json.loads((tmp_path / "run" / "last" / "trainer.json").read_text())
+    assert saved["batch_in_epoch"] == 5
+    assert sorted(i for batch in saved["epoch_batches"] for i in batch) == list(range(600))  # each once
+
+    resumed = Trainer(config, tmp_path / "run", resume=True, max_steps=10)
+    encode = resumed._encode
+    monkeypatch.setattr(resumed, "_encode", lambda seed, alpha: encode(seed + 1, alpha))  # another process's samples
+    _, _, batches = resumed._epoch_data()
+    assert batches == saved["epoch_batches"]
+
+
 # --- the output folder at start --------------------------------------------------------------------
 
 
