@@ -37,6 +37,8 @@ COMPARED = ("step", "epoch", "batch_in_epoch", "best_bleu", "best_step", "evals_
 def fault_config(data: Path) -> Config:
     # A checkpoint after almost every step, so that many kills land while one is being written.
     config = tiny_config(data, eval_every=5, save_every_minutes=1e-5)
+    # the runs end at --max-steps, not by early stopping, so that every kill drawn comes during training
+    config.train.patience, config.train.min_lr = 10_000, 0.0
     config.model.dropout = 0.2  # dropout masks must continue from the saved RNG state
     # vocab.sampling_alpha stays 0: SentencePiece's seeded samples repeat within a process but not across
     # processes (sentencepiece 0.2), so a run with subword sampling differs from itself when restarted.
