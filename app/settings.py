@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -12,7 +12,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MT_")
 
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=0, le=65535)  # uvicorn would bind port % 65536
     # --- access control, for a server exposed beyond localhost (app/auth.py; README "Exposing the server").
     # Lists are comma-separated, so MT_* variables read "a,b" rather than JSON. The keys have no `mt serve`
     # flag, as flags show in `ps`; SecretStr keeps them out of reprs and logs.
@@ -43,7 +43,12 @@ class Settings(BaseSettings):
     # time budget per request, waiting and decoding; past it, 503
     request_timeout_s: float = Field(default=30.0, gt=0)
     default_beam_size: int = Field(default=0, ge=0)  # 0: each model's own default
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"  # uvicorn's levels
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _search_within_the_beam_cap(self) -> Settings:

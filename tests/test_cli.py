@@ -169,6 +169,9 @@ def test_bad_input_is_a_one_line_error_and_exit_code_2(
     [
         ({"MT_MAX_TEXTS": "0"}, "mt serve: error: MT_MAX_TEXTS: Input should be greater than or equal to 1 (got '0')"),
         ({"MT_MAX_ALTERNATIVES": "12"}, "MT_MAX_ALTERNATIVES + 1 (13) is over MT_MAX_BEAM_SIZE (10)"),
+        # uvicorn would bind 70000 % 65536 = 4464 and say 70000; or die on 'verbose' after loading the models
+        ({"MT_PORT": "70000"}, "MT_PORT: Input should be less than or equal to 65535 (got '70000')"),
+        ({"MT_LOG_LEVEL": "verbose"}, "MT_LOG_LEVEL: Input should be 'critical', 'error', 'warning', 'info',"),
     ],
 )
 def test_bad_server_settings_are_one_line_naming_the_variable(
@@ -179,6 +182,12 @@ def test_bad_server_settings_are_one_line_naming_the_variable(
     assert main(["serve", "--models", "/nonexistent"]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_log_levels_are_taken_in_any_case() -> None:
+    from app.settings import Settings
+
+    assert Settings(log_level="WARNING").log_level == "warning"  # type: ignore[arg-type]
 
 
 def test_python_dash_m_runs_the_same_command() -> None:

@@ -12,6 +12,6 @@ router = APIRouter()
 PAGE = (Path(__file__).parents[1] / "static" / "index.html").read_text(encoding="utf-8")
 
 
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+@router.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)  # HEAD: monitors
 async def page() -> str:
     return PAGE

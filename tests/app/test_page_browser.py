@@ -94,3 +94,35 @@ def test_the_page_asks_for_a_key_when_the_server_requires_one_and_remembers_it(
     page.reload()
     assert page.input_value("#api-key") == PAGE_KEY
     assert page.is_visible("#api-key")
+
+
+def test_a_proxy_error_that_is_not_json_shows_its_status_and_clears_the_last_translation(
+    browser: Any, page_server: Server
+) -> None:
+    page = browser.new_page()
+    page.goto(page_server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#source option').length > 0")
+    page.fill("#text", "alpha bravo golf")
+    page.click("#translate")
+    page.wait_for_function("document.querySelector('#heatmap').dataset.drawn !== undefined", timeout=30_000)
+    bad_gateway = {"status": 502, "body": "<html>Bad Gateway</html>", "content_type": "text/html"}
+    page.route("**/translate", lambda route: route.fulfill(**bad_gateway))
+    page.fill("#text", "kilo lima echo")
+    page.click("#translate")
+    page.wait_for_function("document.querySelector('#error').textContent !== ''", timeout=30_000)
+    assert page.inner_text("#error").startswith("502")  # not a JSON parse error
+    assert page.inner_text("#output") == ""  # the previous text's translation does not stand beside it
+    assert page.evaluate("document.querySelector('#heatmap').dataset.drawn") is None
+
+
+def test_a_language_that_is_only_a_target_is_not_offered_as_a_source(browser: Any, page_server: Server) -> None:
+    page = browser.new_page()
+    only_one_way = [
+        {"code": "src", "name": "Source", "targets": ["tgt"]},
+        {"code": "tgt", "name": "Target", "targets": []},  # a models folder with src-tgt alone
+    ]
+    page.route("**/languages", lambda route: route.fulfill(json=only_one_way))
+    page.goto(page_server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#source option').length > 0")
+    assert page.eval_on_selector_all("#source option", "options => options.map(o => o.value)") == ["src"]
+    assert page.eval_on_selector_all("#target option", "options => options.map(o => o.value)") == ["tgt"]
