@@ -11,7 +11,7 @@ from torch import Tensor
 
 from mt.config import ModelConfig
 from mt.model import Seq2Seq, pad_batch
-from mt.search import SearchTimeout, beam_search, best_continuations, greedy_search, length_penalty
+from mt.search import SearchTimeout, _History, beam_search, best_continuations, greedy_search, length_penalty
 from mt.tokenizer import BOS, EOS
 
 A, B, C = 4, 5, 6  # tokens of the hand-made distributions; 0-3 are the special pieces
@@ -253,3 +253,13 @@ def test_best_continuations_equal_one_topk_over_every_beam_and_piece(vocab: int,
     finite = expected_scores > float("-inf")  # among equal -inf scores either id is as good
     assert torch.equal(ids[finite], expected_ids[finite])
     assert bool((ids >= 0).all()) and bool((ids < k * vocab).all())
+
+
+def test_the_history_keeps_every_steps_attention_rows_across_its_blocks() -> None:
+    history = _History()
+    steps = [torch.rand(rows, 7) for rows in [10] * 70 + [6] * 100 + [1] * 200]  # sentences leave; 3+ blocks
+    for weights in steps:
+        history.add_attention(weights)
+    assert len(history.blocks) >= 3
+    assert torch.equal(history.attention(), torch.cat(steps))
+    assert history.offsets[71] == 10 * 70 + 6
