@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     bf16: bool = False  # multiply in bfloat16: on GPUs, and on CPUs with AMX or AVX512-BF16
     max_chars: int = Field(default=5000, ge=1)  # per text
     max_texts: int = Field(default=100, ge=1)  # per request
-    max_beam_size: int = Field(default=10, ge=1)
+    max_beam_size: int = Field(default=10, ge=1, le=100)  # a model's own beam is at most 100 too
     max_alternatives: int = Field(default=5, ge=0)  # a request's alternatives + 1 hypotheses are searched
     max_body_bytes: int = Field(default=1_000_000, ge=1)
     # at most, for as many sentences as were in flight after the last batch

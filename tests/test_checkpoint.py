@@ -178,7 +178,7 @@ def test_export_refuses_bad_decoding_defaults_before_writing(model_dir: Path, tm
     out = tmp_path / "out"
     export_model_dir([model_dir], out)
     before = (out / "config.json").read_text()
-    with pytest.raises(ConfigError, match=r"decode\.beam_size must be at least 1"):
+    with pytest.raises(ConfigError, match=r"decode\.beam_size must be between 1 and 100"):
         export_model_dir([model_dir], out, decode=DecodeConfig(beam_size=0))
     assert (out / "config.json").read_text() == before
     load_model_dir(out)

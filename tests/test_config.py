@@ -55,7 +55,8 @@ def test_invalid_yaml_file_names_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("decode.beam_size", 0, "decode.beam_size must be at least 1"),
+        ("decode.beam_size", 0, "decode.beam_size must be between 1 and 100"),
+        ("decode.beam_size", 100_000, "decode.beam_size must be between 1 and 100"),
         ("decode.batch_size", 0, "decode.batch_size must be at least 1"),
         ("decode.n_best", 9, "decode.n_best must be between 1 and decode.beam_size"),
         ("train.batch_tokens", 0, "train.batch_tokens must be at least 1"),

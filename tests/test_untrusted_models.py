@@ -218,7 +218,7 @@ def test_a_config_that_does_not_match_the_weights_is_refused(
         (b'{"model": {"emb_size": -4}}', r"model\.emb_size must be at least 1"),
         (b'{"model": {"dropout": NaN}}', r"model\.dropout must be in \[0, 1\)"),
         (b'{"model": []}', r"config section 'model' must be a mapping"),
-        (b'{"decode": {"beam_size": 0}}', r"decode\.beam_size must be at least 1"),
+        (b'{"decode": {"beam_size": 0}}', r"decode\.beam_size must be between 1 and 100"),
         (b"[" * 100_000 + b"]" * 100_000, r"config\.json is not a valid model config"),
         (b" " * (2 << 20) + b"{}", r"config\.json is not a valid model config: it is 2,097,154 bytes"),
     ],
