@@ -31,7 +31,7 @@ from .conftest import ONE_THREAD, ROOT, tiny_config
 Record = Callable[[str, object], None]  # pytest's record_property
 # how far a checkpoint write has got when it is killed: the folder is new, or holds this file
 WRITE_PHASES = ("", "model.safetensors", "src.spm", "optimizer.safetensors", "trainer.json")
-COMPARED = ("step", "epoch", "batch_in_epoch", "best_bleu", "best_step", "evals_without_improvement")
+COMPARED = ("step", "epoch", "batch_in_epoch", "best_bleu", "best_step", "evals_without_improvement", "scheduler")
 
 
 def fault_config(data: Path) -> Config:
@@ -39,6 +39,7 @@ def fault_config(data: Path) -> Config:
     config = tiny_config(data, eval_every=5, save_every_minutes=1e-5)
     # the runs end at --max-steps, not by early stopping, so that every kill drawn comes during training
     config.train.patience, config.train.min_lr = 10_000, 0.0
+    config.train.lr_patience = 1  # the learning rate halves along the way: the schedule must carry over kills
     config.model.dropout = 0.2  # dropout masks must continue from the saved RNG state
     # vocab.sampling_alpha stays 0: SentencePiece's seeded samples repeat within a process but not across
     # processes (sentencepiece 0.2), so a run with subword sampling differs from itself when restarted.

@@ -92,11 +92,16 @@ def test_bf16_training_multiplies_in_bfloat16_and_keeps_fp32_weights(reverse_cor
 
 
 def test_a_resumed_run_ends_in_the_same_state_as_an_uninterrupted_one(reverse_corpus: Path, tmp_path: Path) -> None:
-    config = tiny_config(reverse_corpus, max_epochs=2, eval_every=15)
+    # evaluations every 5 steps, the learning rate halved after 1 without a better BLEU: the schedule's
+    # counters must carry over the resume too
+    config = tiny_config(reverse_corpus, max_epochs=2, eval_every=5, lr_patience=1)
     config.model.dropout = 0.2  # dropout masks must continue from the saved RNG state
     config.vocab.sampling_alpha = 0.1  # so must the subword samples
     Trainer(config, tmp_path / "straight", max_steps=40).fit()
-    Trainer(config, tmp_path / "interrupted", max_steps=22).fit()  # stops mid-epoch, between evaluations
+    # stops mid-epoch, at an evaluation: a run stopped between evaluations evaluates where it stops, and
+    # that evaluation counts for the schedule, so the resumed run is not the uninterrupted one (a kill
+    # between evaluations, in tests/test_faults.py, resumes exactly)
+    Trainer(config, tmp_path / "interrupted", max_steps=20).fit()
     Trainer(config, tmp_path / "interrupted", resume=True, max_steps=40).fit()
 
     straight = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
@@ -106,8 +111,14 @@ def test_a_resumed_run_ends_in_the_same_state_as_an_uninterrupted_one(reverse_co
         assert torch.equal(straight[name], resumed[name]), name
     straight_state = json.loads((tmp_path / "straight" / "last" / "trainer.json").read_text())
     resumed_state = json.loads((tmp_path / "interrupted" / "last" / "trainer.json").read_text())
-    for key in ("step", "epoch", "batch_in_epoch", "best_bleu", "best_step"):
+    for key in ("step", "epoch", "batch_in_epoch", "best_bleu", "best_step", "scheduler"):
         assert straight_state[key] == resumed_state[key], key
+    evaluations = [
+        [(r["step"], r["lr"]) for r in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())]
+        for run in ("straight", "interrupted")
+    ]
+    assert evaluations[0] == evaluations[1]
+    assert [lr for step, lr in evaluations[0] if step > 20][-1] < [lr for step, lr in evaluations[0] if step <= 20][-1]
 
 
 def test_a_folder_holding_a_run_is_not_overwritten(reverse_corpus: Path, tmp_path: Path) -> None:
