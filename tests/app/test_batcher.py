@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -37,6 +40,40 @@ def test_a_request_the_full_queue_refuses_is_503_with_retry_after(
         assert response.headers["Retry-After"] == "1"
         assert "the server is busy (64 sentences are waiting; at most 64 may wait)" in response.json()["error"]
         assert client.post("/translate", json=REQUEST).status_code == 200
+
+
+def test_the_servers_queue_bound_sheds_load_with_503_and_serves_the_rest(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MT_MAX_QUEUED_SENTENCES reaches the server's batcher: with one decode held and 2 sentences
+    waiting, a third is refused at once, and the held and waiting ones are then translated."""
+    with client_for(models_dir, max_queued_sentences=2) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        translator: Translator = service.models[("src", "tgt")].translator
+        real, decoding, release = translator.translate_encoded, threading.Event(), threading.Event()
+
+        def held(sources: list[list[int]], decode: DecodeConfig, *, deadline: float | None = None) -> list[Translation]:
+            decoding.set()
+            release.wait(timeout=30)
+            return real(sources, decode, deadline=deadline)
+
+        monkeypatch.setattr(translator, "translate_encoded", held)
+        post = functools.partial(client.post, "/translate")
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            first = pool.submit(post, json={**REQUEST, "q": "alpha bravo golf"})
+            assert decoding.wait(timeout=30)  # taken from the queue, decoding
+            waiting = pool.submit(post, json=REQUEST)  # 2 sentences: the queue is full
+            for _ in range(3000):
+                if service.batchers[("src", "tgt")].queued_sentences == 2:
+                    break
+                time.sleep(0.01)
+            refused = post(json={**REQUEST, "q": "kilo lima echo"})
+            assert refused.status_code == 503
+            assert refused.headers["Retry-After"] == "1"
+            assert "2 sentences are waiting; at most 2 may wait" in refused.json()["error"]
+            release.set()
+            assert first.result(timeout=30).json() == {"translatedText": "GOLF BRAVO ALPHA"}
+            assert waiting.result(timeout=30).json() == {"translatedText": ["GOLF BRAVO ALPHA", "ECHO LIMA KILO"]}
 
 
 def test_a_request_past_its_time_budget_is_503_and_the_worker_lives_on(models_dir: Path) -> None:
