@@ -6,13 +6,14 @@ import asyncio
 import functools
 import threading
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from app.batcher import Batcher, Overloaded, TextTooLong
+from app.batcher import Batcher, Overloaded, TextTooLong, _Job
 from app.settings import Settings
 from mt.config import DecodeConfig
 from mt.search import SearchTimeout
@@ -192,21 +193,30 @@ def test_a_request_with_a_text_over_the_piece_limit_is_refused_and_its_batch_dec
     assert slow.calls == 1  # the other two were decoded together
 
 
-def test_a_lone_request_is_not_held_for_the_batch_wait(models_dir: Path) -> None:
+def test_a_lone_request_is_not_held_for_the_batch_wait(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     slow = SlowTranslator(Translator.from_dir(models_dir / "src-tgt", device="cpu"))
     slow.release.set()
+    waits: list[float] = []  # the batcher's timed waits for more requests
+    real_wait_for = asyncio.wait_for
+
+    async def recorded_wait_for(awaitable: Awaitable[_Job], timeout: float) -> _Job:
+        waits.append(timeout)
+        return await real_wait_for(awaitable, timeout)
+
+    monkeypatch.setattr(asyncio, "wait_for", recorded_wait_for)
 
     async def scenario() -> list[list[Translation]]:
         batcher = Batcher(slow, max_sentences=8, wait_seconds=30.0)  # type: ignore[arg-type]
         batcher.start()
-        # one request in flight: nothing to wait for, so neither waits the 30 s
-        results = [await asyncio.wait_for(batcher.translate([t], DecodeConfig()), 10) for t in ("alpha", "kilo")]
+        # one request in flight: nothing to wait for, so neither waits at all
+        results = [await batcher.translate([t], DecodeConfig()) for t in ("alpha", "kilo")]
         await batcher.close()
         return results
 
     first, second = asyncio.run(scenario())
     assert [first[0].text, second[0].text] == [t.text for t in slow.translator.translate(["alpha", "kilo"])]
     assert slow.calls == 2
+    assert waits == []
 
 
 def test_a_batch_waits_for_as_many_sentences_as_were_in_flight_before(models_dir: Path) -> None:
