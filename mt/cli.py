@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 
 from mt.checkpoint import CONFIG, MODEL_FILES, ModelDirError
-from mt.config import Config, ConfigError, DecodeConfig, section_fields, section_names, set_field
+from mt.config import Config, ConfigError, DecodeConfig, get_field, section_fields, section_names, set_field
 from mt.data import CorpusError, read_lines
 from mt.distributed import World, leave
 
@@ -85,9 +85,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             set_field(config, dotted, getattr(args, flag))
     _apply(config, _overrides(args))
     if stored is not None:
-        changed = [key for key in _fixed_on_resume() if _value(config, key) != _value(stored, key)]
+        changed = [key for key in _fixed_on_resume() if get_field(config, key) != get_field(stored, key)]
         if changed:
-            was = ", ".join(f"{key} {_value(stored, key)!r} -> {_value(config, key)!r}" for key in changed)
+            was = ", ".join(f"{key} {get_field(stored, key)!r} -> {get_field(config, key)!r}" for key in changed)
             raise ConfigError(
                 f"cannot change when resuming ({was}): the checkpoint's weights, vocabulary, batches and "
                 "optimizer state were made with the stored values; start a new run instead"
@@ -111,11 +111,6 @@ def _fixed_on_resume() -> list[str]:
         "train.lr",
         "train.weight_decay",
     ]
-
-
-def _value(config: Config, dotted: str) -> object:
-    section, key = dotted.split(".")
-    return getattr(getattr(config, section), key)
 
 
 def cmd_translate(args: argparse.Namespace) -> int:

@@ -202,6 +202,12 @@ def section_fields(section: str) -> dict[str, Any]:
     return typing.get_type_hints(section_type)
 
 
+def get_field(config: Config, dotted: str) -> Any:
+    """The value of `section.key`."""
+    section, _, key = dotted.partition(".")
+    return getattr(getattr(config, section), key)
+
+
 def set_field(config: Config, dotted: str, value: Any) -> None:
     """Set `section.key` to `value`, converting strings (from the command line) to the field's type."""
     section, _, key = dotted.partition(".")

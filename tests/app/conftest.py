@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,11 +11,27 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from mt.config import DecodeConfig
+from mt.translator import Translation, Translator
 
 
 def client_for(models_dir: Path, *, raise_server_exceptions: bool = True, **settings: object) -> TestClient:
     app = create_app(Settings(models_dir=str(models_dir), device="cpu", **settings))  # type: ignore[arg-type]
     return TestClient(app, raise_server_exceptions=raise_server_exceptions)
+
+
+def hold_decoding(translator: Translator, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Make `translator`'s decodes wait until released: returns (decoding, release), the first set once
+    a decode has begun, the second to set to let it (and every later one) go on."""
+    real, decoding, release = translator.translate_encoded, threading.Event(), threading.Event()
+
+    def held(sources: list[list[int]], decode: DecodeConfig, *, deadline: float | None = None) -> list[Translation]:
+        decoding.set()
+        release.wait(timeout=30)
+        return real(sources, decode, deadline=deadline)
+
+    monkeypatch.setattr(translator, "translate_encoded", held)
+    return decoding, release
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from mt.config import DecodeConfig
 from mt.search import SearchTimeout
 from mt.translator import Translation, Translator
 
-from .conftest import client_for
+from .conftest import client_for, hold_decoding
 
 REQUEST = {"q": ["alpha bravo golf", "kilo lima echo"], "source": "src", "target": "tgt"}
 
@@ -50,15 +50,7 @@ def test_the_servers_queue_bound_sheds_load_with_503_and_serves_the_rest(
     waiting, a third is refused at once, and the held and waiting ones are then translated."""
     with client_for(models_dir, max_queued_sentences=2) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
-        translator: Translator = service.models[("src", "tgt")].translator
-        real, decoding, release = translator.translate_encoded, threading.Event(), threading.Event()
-
-        def held(sources: list[list[int]], decode: DecodeConfig, *, deadline: float | None = None) -> list[Translation]:
-            decoding.set()
-            release.wait(timeout=30)
-            return real(sources, decode, deadline=deadline)
-
-        monkeypatch.setattr(translator, "translate_encoded", held)
+        decoding, release = hold_decoding(service.models[("src", "tgt")].translator, monkeypatch)
         post = functools.partial(client.post, "/translate")
         with ThreadPoolExecutor(max_workers=2) as pool:
             first = pool.submit(post, json={**REQUEST, "q": "alpha bravo golf"})

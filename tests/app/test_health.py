@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -8,10 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.registry import ModelsError
-from mt.config import DecodeConfig
-from mt.translator import Translation, Translator
+from mt.translator import Translator
 
-from .conftest import client_for
+from .conftest import client_for, hold_decoding
 
 
 def test_health_reports_device_and_models(client: TestClient) -> None:
@@ -61,14 +59,7 @@ def test_start_up_stops_on_a_bad_models_folder(setup: str, message: str, tmp_pat
 def test_health_answers_while_a_translation_is_decoding(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with client_for(models_dir) as client:
         translator: Translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
-        real, decoding, release = translator.translate_encoded, threading.Event(), threading.Event()
-
-        def slow(sources: list[list[int]], decode: DecodeConfig, *, deadline: float | None = None) -> list[Translation]:
-            decoding.set()
-            release.wait(timeout=30)
-            return real(sources, decode, deadline=deadline)
-
-        monkeypatch.setattr(translator, "translate_encoded", slow)
+        decoding, release = hold_decoding(translator, monkeypatch)
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(
                 client.post, "/translate", json={"q": "alpha bravo golf", "source": "src", "target": "tgt"}
