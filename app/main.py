@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect
 from app.auth import Access, redact_access_log, split_list
 from app.batcher import Batcher
 from app.body_limit import BodySizeLimit
-from app.errors import describe_validation_errors
+from app.errors import AnswerInternalErrors, describe_validation_errors
 from app.metrics import Metrics, ObserveRequests
 from app.registry import ServedModel, load_models
 from app.routes import health, languages, translate, web
@@ -80,12 +80,13 @@ def create_app(settings: Settings | None = None, models: dict[tuple[str, str], S
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
-    app.add_exception_handler(Exception, _internal_error)
+    app.add_exception_handler(Exception, _internal_error)  # for an error in the middleware itself
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # inside ObserveRequests: 413s are counted
+    app.add_middleware(AnswerInternalErrors)  # its 500s pass through the middleware added after it
     app.add_middleware(ObserveRequests, metrics=metrics)
 
-    # outermost but for Starlette's ServerErrorMiddleware: errors carry the CORS headers too, but for a 500
+    # outermost but for Starlette's ServerErrorMiddleware: every answer carries the CORS headers, errors too
     if origins := split_list(settings.cors_origins):
         app.add_middleware(
             CORSMiddleware,

@@ -312,3 +312,18 @@ def test_configured_origins_may_call_the_api_and_read_its_errors(models_dir: Pat
         assert "retry-after" in denied.headers["access-control-expose-headers"].lower()
         stranger = client.options("/translate", headers={**PREFLIGHT, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in stranger.headers
+
+
+def test_a_page_can_read_an_internal_error_too(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 500 carries the CORS headers like any other answer: without them the browser hides it from the page."""
+    with client_for(models_dir, cors_origins="https://app.example", raise_server_exceptions=False) as client:
+        translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
+
+        def broken(sources: list[list[int]], decode: object, *, deadline: float) -> list[object]:
+            raise RuntimeError("secret internals")
+
+        monkeypatch.setattr(translator, "translate_encoded", broken)
+        response = client.post("/translate", json=BODY, headers={"Origin": "https://app.example"})
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal server error"}
+        assert response.headers["access-control-allow-origin"] == "https://app.example"

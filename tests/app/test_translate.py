@@ -182,6 +182,7 @@ def test_internal_failure_is_500_without_a_stack_trace(models_dir: Path, monkeyp
         response = client.post("/translate", json={"q": "alpha", "source": "src", "target": "tgt"})
         assert response.status_code == 500
         assert response.json() == {"error": "internal server error"}
+        assert 'mt_requests_total{route="/translate",status="500"} 1.0' in client.get("/metrics").text
         monkeypatch.undo()  # the server lives on
         assert client.post("/translate", json={"q": "alpha", "source": "src", "target": "tgt"}).status_code == 200
 
