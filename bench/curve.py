@@ -16,7 +16,7 @@ def main() -> None:
     records = [json.loads(line) for line in Path(sys.argv[1]).read_text(encoding="utf-8").splitlines() if line]
     evals = {r["step"]: r for r in records if r["event"] == "eval"}
     speeds = [r["tgt_tok_per_s"] for r in records if r["event"] == "train"]
-    print("| minutes | epoch | step | val loss | val BLEU (greedy) | learning rate |")
+    print("| minutes | epochs | step | validation loss | validation BLEU (greedy) | lr |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for step in sorted(evals):
         r = evals[step]

@@ -86,7 +86,7 @@ class TrainConfig:
 class DecodeConfig:
     beam_size: int = 5  # 1 is greedy search
     length_penalty: float = 1.0  # GNMT alpha; 0 ranks hypotheses by raw log-probability
-    max_len_a: float = 1.5  # output is at most a * source_pieces + b pieces
+    max_len_a: float = 1.5  # output is at most a * source_pieces + b pieces, the source counted with its </s>
     max_len_b: int = 10
     n_best: int = 1  # hypotheses returned per sentence (<= beam_size)
     batch_size: int = 64  # sentences decoded together
