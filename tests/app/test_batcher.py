@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from app.batcher import Batcher, Overloaded, TextTooLong, _Job
+from app.batcher import RETURN_SECONDS, Batcher, Overloaded, TextTooLong, _Job
 from app.settings import Settings
 from mt.config import DecodeConfig
 from mt.search import SearchTimeout
@@ -67,6 +69,56 @@ def test_the_servers_queue_bound_sheds_load_with_503_and_serves_the_rest(
             release.set()
             assert first.result(timeout=30).json() == {"translatedText": "GOLF BRAVO ALPHA"}
             assert waiting.result(timeout=30).json() == {"translatedText": ["GOLF BRAVO ALPHA", "ECHO LIMA KILO"]}
+
+
+def test_a_request_whose_client_left_while_it_waited_is_never_decoded(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one decode held, a second client sends its request and disconnects: it is answered 499 (to
+    no one) at once, without waiting for the decode, and its sentence is never decoded."""
+    with client_for(models_dir) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        translator = service.models[("src", "tgt")].translator
+        decoding, release = hold_decoding(translator, monkeypatch)
+        decoded: list[list[list[int]]] = []
+        held = translator.translate_encoded
+
+        def recorded(sources: list[list[int]], decode: DecodeConfig, *, deadline: float) -> list[Translation]:
+            decoded.append(sources)
+            return held(sources, decode, deadline=deadline)  # type: ignore[no-any-return]
+
+        monkeypatch.setattr(translator, "translate_encoded", recorded)
+        body = json.dumps({**REQUEST, "q": "kilo lima echo"}).encode()
+        messages: list[dict[str, Any]] = [
+            {"type": "http.request", "body": body, "more_body": False},
+            {"type": "http.disconnect"},
+        ]
+        statuses: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            if len(messages) == 1:  # the client leaves once its request waits in the queue
+                while not service.batchers[("src", "tgt")].queued_sentences:
+                    await asyncio.sleep(0.01)
+            return messages.pop(0)
+
+        async def send(message: Mapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": "/translate", "raw_path": b"/translate", "query_string": b"", "root_path": "",
+            "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("test", 80),
+        }  # fmt: skip
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            first = pool.submit(client.post, "/translate", json={**REQUEST, "q": "alpha bravo golf"})
+            assert decoding.wait(timeout=30)
+            client.portal.call(client.app, scope, receive, send)  # type: ignore[union-attr]
+            assert statuses == [499]  # while the first decode is still held
+            release.set()
+            assert first.result(timeout=30).json() == {"translatedText": "GOLF BRAVO ALPHA"}
+        assert client.post("/translate", json={**REQUEST, "q": "echo"}).status_code == 200
+        assert decoded == [translator.encode(["alpha bravo golf"]), translator.encode(["echo"])]
 
 
 def test_a_request_past_its_time_budget_is_503_and_the_worker_lives_on(models_dir: Path) -> None:
@@ -208,6 +260,38 @@ def test_a_lone_request_is_not_held_for_the_batch_wait(models_dir: Path, monkeyp
     first, second = asyncio.run(scenario())
     assert [first[0].text, second[0].text] == [t.text for t in slow.translator.translate(["alpha", "kilo"])]
     assert slow.calls == 2
+    assert waits == []
+
+
+def test_a_lone_request_after_a_burst_is_not_held_for_the_bursts_clients(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three clients were answered together, then went quiet: a request that comes long after is
+    decoded at once, not held for the wait as if the other two were coming straight back."""
+    slow = SlowTranslator(Translator.from_dir(models_dir / "src-tgt", device="cpu"))
+    slow.release.set()
+    waits: list[float] = []
+    real_wait_for = asyncio.wait_for
+
+    async def recorded_wait_for(awaitable: Awaitable[_Job], timeout: float) -> _Job:
+        waits.append(timeout)
+        return await real_wait_for(awaitable, timeout)
+
+    monkeypatch.setattr(asyncio, "wait_for", recorded_wait_for)
+    texts = ["alpha bravo", "kilo lima", "echo golf"]
+
+    async def scenario() -> list[Translation]:
+        batcher = Batcher(slow, max_sentences=8, wait_seconds=0.3)  # type: ignore[arg-type]
+        batcher.start()
+        await asyncio.gather(*(batcher.translate([t], DecodeConfig()) for t in texts))  # one batch of 3
+        await asyncio.sleep(0.3 + RETURN_SECONDS + 0.3)
+        waits.clear()
+        result = await batcher.translate(["alpha"], DecodeConfig())
+        await batcher.close()
+        return result
+
+    [translation] = asyncio.run(scenario())
+    assert translation.text == slow.translator.translate(["alpha"])[0].text
     assert waits == []
 
 
