@@ -23,11 +23,12 @@ from urllib.parse import unquote_plus
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from app.forms import FORM_TYPES, FormError, form_fields, media_type
 from app.rate_limit import RateLimiter
 from app.settings import Settings
 
 _HOW = "send it as api_key in the body, an X-API-Key header or Authorization: Bearer"
-_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_COMMENT = re.compile(r"(^|\s)#.*")  # to the end of the line
 
 
 class ApiKeysError(ValueError):
@@ -40,7 +41,7 @@ def split_list(text: str) -> list[str]:
 
 
 def read_keys_file(path: Path) -> list[str]:
-    """One key per line; blank lines and lines starting with '#' are skipped."""
+    """One key per line; blank lines and comments ('#' at the start of a line or after a space) are skipped."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -49,7 +50,7 @@ def read_keys_file(path: Path) -> list[str]:
         raise ApiKeysError(f"API keys file {path} cannot be read: {error.strerror}") from None
     except UnicodeDecodeError:
         raise ApiKeysError(f"API keys file {path} is not UTF-8 text") from None
-    keys = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    keys = [key for line in text.splitlines() if (key := _COMMENT.sub("", line).strip())]
     if not keys:
         raise ApiKeysError(f"API keys file {path} holds no key: write one key per line ('#' starts a comment)")
     return keys
@@ -108,11 +109,10 @@ def client_address(request: Request) -> str:
 
 async def _body_key(request: Request) -> str | None:
     """The body's `api_key` field, JSON or form data (Starlette keeps the body for the route to parse)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type in _FORM_TYPES:
+    if media_type(request) in FORM_TYPES:
         try:
-            value = (await request.form()).get("api_key")
-        except UnicodeError:  # e.g. charset=punycode, whose decoding error Starlette does not catch
+            value = (await form_fields(request)).get("api_key", [None])[0]
+        except FormError:  # the route would answer 400, but a request without a key gets no further than 403
             return None
     else:
         try:

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     bf16: bool = False  # multiply in bfloat16: on GPUs, and on CPUs with AMX or AVX512-BF16
     max_chars: int = Field(default=5000, ge=1)  # per text
     max_texts: int = Field(default=100, ge=1)  # per request
-    max_beam_size: int = Field(default=10, ge=1, le=100)  # a model's own beam is at most 100 too
+    max_beam_size: int = Field(default=10, ge=1, le=100)  # caps requests and the models' own default beams
     max_alternatives: int = Field(default=5, ge=0)  # a request's alternatives + 1 hypotheses are searched
     max_body_bytes: int = Field(default=1_000_000, ge=1)
     # at most, for as many sentences as were in flight after the last batch
@@ -62,6 +62,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"MT_DEFAULT_BEAM_SIZE ({self.default_beam_size}) is over MT_MAX_BEAM_SIZE ({self.max_beam_size})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _no_keys_in_trace_logs(self) -> Settings:
+        """uvicorn's trace level logs every request's headers and URL, where the API keys travel."""
+        if self.log_level == "trace" and (self.api_keys.get_secret_value() or self.api_keys_file):
+            raise ValueError("MT_LOG_LEVEL trace logs the API keys of every request: use debug or above with keys")
         return self
 
 

@@ -209,7 +209,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "cors_origins": args.cors_origins,
     }
     settings = load_settings(**{key: value for key, value in flags.items() if value is not None})
-    logging.getLogger("app").setLevel(logging.INFO)
+    logging.getLogger("app").setLevel(logging.DEBUG if settings.log_level == "trace" else settings.log_level.upper())
     try:  # before the server starts, so that a bad models folder is one clear line, not a traceback
         models = TORCH_THREAD.submit(
             load_models, settings.models_dir, settings.device, int8=settings.int8, bf16=settings.bf16

@@ -172,6 +172,8 @@ def test_bad_input_is_a_one_line_error_and_exit_code_2(
         # uvicorn would bind 70000 % 65536 = 4464 and say 70000; or die on 'verbose' after loading the models
         ({"MT_PORT": "70000"}, "MT_PORT: Input should be less than or equal to 65535 (got '70000')"),
         ({"MT_LOG_LEVEL": "verbose"}, "MT_LOG_LEVEL: Input should be 'critical', 'error', 'warning', 'info',"),
+        # uvicorn's trace level logs each request's headers and URL
+        ({"MT_LOG_LEVEL": "trace", "MT_API_KEYS": "k"}, "MT_LOG_LEVEL trace logs the API keys of every request"),
     ],
 )
 def test_bad_server_settings_are_one_line_naming_the_variable(

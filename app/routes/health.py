@@ -19,7 +19,7 @@ async def health(service: ServiceDep) -> Health:
             target=target,
             path=str(model.path),
             parameters=model.translator.num_parameters,
-            beam_size=model.translator.decode.beam_size,
+            beam_size=service.default_beam_size((source, target)),
         )
         for (source, target), model in sorted(service.models.items())
     ]

@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 from app.auth import require_access
 from app.batcher import Overloaded, TextTooLong
 from app.errors import describe_validation_errors
+from app.forms import FORM_TYPES, FormError, form_fields, media_type
 from app.schemas import Alignment, ErrorResponse, TranslateRequest, TranslateResponse
 from app.service import ServiceDep
 from mt.search import SearchTimeout
@@ -61,7 +62,7 @@ async def translate(request: Request, service: ServiceDep) -> TranslateResponse:
         )
     translator = service.models[pair].translator
     n_best = body.alternatives + 1
-    beam_size = max(body.beam_size or settings.default_beam_size or translator.decode.beam_size, n_best)
+    beam_size = max(body.beam_size or service.default_beam_size(pair), n_best)
     decode = dataclasses.replace(translator.decode, beam_size=beam_size, n_best=n_best)
 
     filled = [i for i, text in enumerate(texts) if text.strip()]
@@ -127,14 +128,13 @@ async def _disconnect(request: Request) -> None:
 
 async def _parse(request: Request) -> TranslateRequest:
     """JSON or form data (the body size is bounded by the BodySizeLimit middleware)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     raw: Any
-    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+    if media_type(request) in FORM_TYPES:
         try:
-            form = await request.form()
-        except UnicodeError:  # e.g. charset=punycode, whose decoding error Starlette does not catch
-            raise HTTPException(400, "form data cannot be decoded in the charset it declares") from None
-        raw = {key: (values if len(values := form.getlist(key)) > 1 else values[0]) for key in form}
+            fields = await form_fields(request)
+        except FormError as error:
+            raise HTTPException(400, str(error)) from None
+        raw = {name: values if len(values) > 1 else values[0] for name, values in fields.items()}
     else:
         data = await request.body()
         if not data:

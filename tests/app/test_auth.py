@@ -128,11 +128,11 @@ def test_settings_read_comma_separated_keys_and_origins_from_the_environment(
 
 def test_keys_file_skips_comments_and_blank_lines_and_adds_to_the_listed_keys(models_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "keys"
-    path.write_text(f"# team A\n{KEY}\n\n   \n  # retired: old-key\n{SECOND_KEY}  \n", encoding="utf-8")
+    path.write_text(f"# team A\n{KEY}   # alice\n\n   \n  # retired: old-key\n{SECOND_KEY}  \n", encoding="utf-8")
     with client_for(models_dir, api_keys_file=str(path), api_keys="listed-key") as client:
         for key in (KEY, SECOND_KEY, "listed-key"):
             assert client.post("/translate", json={**BODY, "api_key": key}).status_code == 200, key
-        for not_a_key in ("# team A", "# retired: old-key", "old-key"):
+        for not_a_key in ("# team A", "# retired: old-key", "old-key", f"{KEY}   # alice"):
             assert client.post("/translate", json={**BODY, "api_key": not_a_key}).status_code == 403
 
 

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.registry import ModelsError
-from mt.translator import Translator
+from mt.config import DecodeConfig
+from mt.translator import Translation, Translator
 
 from .conftest import client_for, hold_decoding
 
@@ -17,6 +19,29 @@ def test_health_reports_device_and_models(client: TestClient) -> None:
     assert body["status"] == "ok"
     assert body["device"] == "cpu"
     assert [(m["source"], m["target"]) for m in body["models"]] == [("src", "tgt"), ("tgt", "src")]
+
+
+@pytest.mark.parametrize(
+    ("settings", "beam"),
+    [({}, 5), ({"default_beam_size": 1}, 1), ({"max_beam_size": 2, "max_alternatives": 1}, 2)],
+    ids=["the model's", "MT_DEFAULT_BEAM_SIZE", "capped by MT_MAX_BEAM_SIZE"],
+)
+def test_health_reports_the_beam_a_request_without_one_gets(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any], beam: int
+) -> None:
+    with client_for(models_dir, **settings) as client:
+        translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
+        assert translator.decode.beam_size == 5
+        real, beams = translator.translate_encoded, []
+
+        def recorded(sources: list[list[int]], decode: DecodeConfig, *, deadline: float) -> list[Translation]:
+            beams.append(decode.beam_size)
+            return real(sources, decode, deadline=deadline)  # type: ignore[no-any-return]
+
+        monkeypatch.setattr(translator, "translate_encoded", recorded)
+        assert client.post("/translate", json={"q": "alpha", "source": "src", "target": "tgt"}).status_code == 200
+        assert beams == [beam]
+        assert {m["beam_size"] for m in client.get("/health").json()["models"]} == {beam}
 
 
 def test_metrics_count_requests_batches_and_sentences(client: TestClient) -> None:

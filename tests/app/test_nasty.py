@@ -455,6 +455,11 @@ def test_a_form_that_its_charset_cannot_decode_gets_no_key_through(keyed_client:
     assert_error(keyed_client.post("/translate", content=content, headers={"Content-Type": content_type}), 403)
 
 
+def test_a_malformed_multipart_body_without_a_key_is_403(keyed_client: TestClient) -> None:
+    response = keyed_client.post("/translate", content=b"anything", headers={"Content-Type": "multipart/form-data"})
+    assert_error(response, 403)
+
+
 def test_the_server_still_translates_after_all_that(client: TestClient, keyed_client: TestClient) -> None:
     response = client.post("/translate", json={"q": ["alpha bravo golf", "kilo lima echo"], **SERVED})
     assert response.json() == {"translatedText": ["GOLF BRAVO ALPHA", "ECHO LIMA KILO"]}

@@ -41,6 +41,45 @@ def test_form_data_is_accepted_like_libretranslate(client: TestClient) -> None:
     assert response.json() == {"translatedText": "GOLF BRAVO ALPHA"}
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("q=alpha fährt bravo&source=src&target=tgt".encode(), "application/x-www-form-urlencoded"),  # curl -d
+        (b"q=alpha+f%C3%A4hrt+bravo&source=src&target=tgt", "application/x-www-form-urlencoded"),  # a browser
+        (
+            "q=alpha fährt bravo&source=src&target=tgt".encode("latin-1"),
+            "application/x-www-form-urlencoded; charset=latin-1",
+        ),
+    ],
+    ids=["raw UTF-8", "percent-encoded UTF-8", "declared Latin-1"],
+)
+def test_form_data_is_read_in_its_charset(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, body: bytes, content_type: str
+) -> None:
+    translator = client.app.state.service.models[("src", "tgt")].translator  # type: ignore[attr-defined]
+    real, texts = translator.encode, []
+
+    def recorded(batch: list[str]) -> list[list[int]]:
+        texts.extend(batch)
+        return real(batch)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(translator, "encode", recorded)
+    response = client.post("/translate", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200
+    assert texts == ["alpha fährt bravo"]
+
+
+@pytest.mark.parametrize("charset", ["no-such-charset", "utf-8"])
+def test_a_form_its_charset_cannot_read_is_400(client: TestClient, charset: str) -> None:
+    response = client.post(
+        "/translate",
+        content=b"q=alpha%FF&source=src&target=tgt",
+        headers={"Content-Type": f"application/x-www-form-urlencoded; charset={charset}"},
+    )
+    assert response.status_code == 400
+    assert response.json() == {"error": "form data cannot be decoded in the charset it declares"}
+
+
 def test_multipart_form_data_is_accepted(client: TestClient) -> None:
     response = client.post(
         "/translate", files={"q": (None, "alpha bravo golf"), "source": (None, "src"), "target": (None, "tgt")}
