@@ -83,9 +83,12 @@ class PackedLinear(nn.Module):
     against 68, at 16 rows 256 against 138. Results agree with `nn.Linear` up to the order of float
     additions.
 
-    With `dtype=torch.bfloat16` the weight is stored and multiplied in bfloat16 (the input is rounded to
-    it, the output comes back in fp32): on an Intel Xeon with AMX, 256 -> 6000 at 160 rows took 390 µs
-    against 1,534 in fp32.
+    With `dtype=torch.bfloat16` the weight and bias are stored and multiplied in bfloat16: the input is
+    rounded to it and so is the output, which comes back as fp32 holding bfloat16 values (oneDNN's bf16
+    linear returns bf16). On an Intel Xeon with AMX, 256 -> 6000 at 160 rows took 390 µs against 1,534 in
+    fp32. Its kernels also round differently with the number of rows, so in bf16 a sentence's translation
+    can depend on the batch it is in (8 of the 1,000 test sentences of models/de-en, alone against in
+    batches of 64, 2 threads; none in fp32).
     """
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.float32) -> None:

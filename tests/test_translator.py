@@ -10,7 +10,7 @@ from torch import nn
 from mt.checkpoint import load_model_dir
 from mt.config import DecodeConfig
 from mt.cpu import PER_SOURCE_POSITION, PackedLinear, bf16_supported
-from mt.translator import Translator
+from mt.translator import Translator, _max_lengths
 
 from .conftest import reverse_task
 
@@ -152,3 +152,12 @@ def test_bf16_is_refused_on_a_gpu_without_native_bfloat16(models_dir: Path, monk
     monkeypatch.setattr("torch.cuda.get_device_name", lambda device: "Tesla V100")
     with pytest.raises(ValueError, match=r"compute capability 8.0.*Tesla V100 is 7.0"):
         Translator.from_dir(models_dir / "src-tgt", device="cuda", bf16=True)
+
+
+@pytest.mark.parametrize(
+    ("length", "a", "b", "bound"),
+    [(300, 0.21, 0, 63), (30, 2.1, 0, 63), (50, 1.06, 0, 53), (90, 1.3, 0, 117), (100, 0.29, 0, 29), (7, 1.5, 10, 20)],
+)
+def test_the_output_bound_is_a_times_length_plus_b_as_written(length: int, a: float, b: float, bound: int) -> None:
+    """0.21 is a little less than 0.21 in binary: in float32, 0.21 x 300 came out 62."""
+    assert _max_lengths(torch.tensor([length]), a, b).tolist() == [bound]
