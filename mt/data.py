@@ -1,9 +1,11 @@
 """Parallel corpora: loading through Hugging Face `datasets`, and the cleaning real corpora need.
 
-Three sources are read the same way, one split at a time:
+Three sources are read, one split at a time:
   * a hub dataset id whose rows are keyed by language code (`bentrevett/multi30k`);
   * a local folder of `{train,validation,test}.jsonl`, one `{"de": ..., "en": ...}` object per line;
-  * a local folder of line-aligned plain-text files, `train.de` + `train.en`.
+  * a local folder of line-aligned plain-text files, `train.de` + `train.en`, read as `mt translate`
+    reads files (`read_lines`): `datasets`' text loader also ends a line at a lone carriage return,
+    which silently paired every later line with the wrong translation, and keeps a byte-order mark.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import datasets
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+# a side longer than this many characters per allowed word is too long, so that a line without spaces
+# cannot pass as one word (one of 20,000 characters took a training run past 24 GB); Multi30k's longest
+# line has 254 characters
+MAX_CHARS_PER_WORD = 20
 
 
 class CorpusError(ValueError):
@@ -68,8 +74,8 @@ def _load_jsonl(file: Path, src: str, tgt: str) -> ParallelCorpus:
     _require_content(file)
     try:
         table = datasets.load_dataset("json", data_files=str(file), split="train")
-    except Exception as error:  # datasets wraps pyarrow's parse errors in several types
-        raise CorpusError(f"{file} is not valid JSON lines: {error}") from error
+    except Exception as error:  # datasets wraps pyarrow's parse errors in several types; or its cache failed
+        raise CorpusError(f"{file} could not be read as JSON lines: {error}") from error
     return _columns(table, src, tgt, where=str(file))
 
 
@@ -100,10 +106,7 @@ def _load_text_pair(src_file: Path, tgt_file: Path) -> ParallelCorpus:
         if not file.is_file():
             raise CorpusError(f"{file} does not exist (plain-text corpora need one file per language)")
         _require_content(file)
-    table = datasets.load_dataset(
-        "text", data_files={"src": str(src_file), "tgt": str(tgt_file)}, keep_linebreaks=False
-    )
-    src_lines, tgt_lines = table["src"]["text"], table["tgt"]["text"]
+    src_lines, tgt_lines = _read_text(src_file), _read_text(tgt_file)
     if len(src_lines) != len(tgt_lines):
         first_unpaired = min(len(src_lines), len(tgt_lines)) + 1
         raise CorpusError(
@@ -111,6 +114,14 @@ def _load_text_pair(src_file: Path, tgt_file: Path) -> ParallelCorpus:
             f"line-aligned (first line past the shorter file: {first_unpaired})"
         )
     return ParallelCorpus([s.strip() for s in src_lines], [t.strip() for t in tgt_lines])
+
+
+def _read_text(file: Path) -> list[str]:
+    try:
+        return read_lines(file.read_bytes())
+    except UnicodeDecodeError as error:
+        line = file.read_bytes()[: error.start].count(b"\n") + 1
+        raise CorpusError(f"{file}, line {line}: not UTF-8 text") from None
 
 
 def _require_content(file: Path) -> None:
@@ -121,7 +132,8 @@ def _require_content(file: Path) -> None:
 
 
 def clean(corpus: ParallelCorpus, max_len: int, max_ratio: float) -> tuple[ParallelCorpus, CleaningReport]:
-    """Drop empty pairs, pairs over `max_len` words on either side and pairs with an absurd length ratio."""
+    """Drop empty pairs, pairs over `max_len` words (or `max_len` x MAX_CHARS_PER_WORD characters) on either
+    side and pairs with an absurd length ratio."""
     src_kept: list[str] = []
     tgt_kept: list[str] = []
     empty = too_long = bad_ratio = 0
@@ -129,7 +141,7 @@ def clean(corpus: ParallelCorpus, max_len: int, max_ratio: float) -> tuple[Paral
         src_len, tgt_len = len(src.split()), len(tgt.split())
         if src_len == 0 or tgt_len == 0:
             empty += 1
-        elif src_len > max_len or tgt_len > max_len:
+        elif max(src_len, tgt_len) > max_len or max(len(src), len(tgt)) > max_len * MAX_CHARS_PER_WORD:
             too_long += 1
         elif max(src_len, tgt_len) > max_ratio * min(src_len, tgt_len) and max(src_len, tgt_len) > 3:
             # very short pairs ("Ein Hund." / "A dog .") legitimately have large ratios

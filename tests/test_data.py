@@ -27,6 +27,22 @@ def test_plain_text_pair_loads_line_by_line(tmp_path: Path) -> None:
     assert (corpus.src, corpus.tgt) == (["Ein Hund.", "Zwei Katzen."], ["A dog.", "Two cats."])
 
 
+def test_plain_text_lines_end_only_at_newlines(tmp_path: Path) -> None:
+    """A lone carriage return inside a line, a byte-order mark and CRLF endings leave the pairs aligned."""
+    (tmp_path / "train.de").write_bytes("\ufeffEin Hund.\r\nZwei\rKatzen.\r\nDrei Vögel.\r\n".encode())
+    (tmp_path / "train.en").write_bytes(b"A dog.\nTwo cats.\nThree birds.\n")
+    corpus = load_split(str(tmp_path), "train", "de", "en")
+    assert corpus.src == ["Ein Hund.", "Zwei\rKatzen.", "Drei Vögel."]
+    assert corpus.tgt == ["A dog.", "Two cats.", "Three birds."]
+
+
+def test_a_plain_text_file_that_is_not_utf8_names_its_line(tmp_path: Path) -> None:
+    (tmp_path / "train.de").write_bytes(b"Ein Hund.\nZwei K\xe4tzchen.\n")
+    (tmp_path / "train.en").write_text("A dog.\nTwo kittens.\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"train\.de, line 2: not UTF-8 text"):
+        load_split(str(tmp_path), "train", "de", "en")
+
+
 def test_shared_multi30k_folder_loads_when_present() -> None:
     folder = Path(__file__).parents[1] / ".." / "shared" / "data" / "multi30k"
     if not folder.is_dir():
@@ -95,6 +111,14 @@ def test_cleaning_drops_and_counts_empty_long_and_unbalanced_pairs() -> None:
     assert (report.kept, report.empty, report.too_long, report.bad_ratio) == (2, 1, 1, 1)
     assert report.dropped == 3
     assert "dropped 3" in str(report)
+
+
+def test_a_line_without_spaces_is_too_long_by_its_characters() -> None:
+    """One "word" of 20,000 characters took a training run past 24 GB."""
+    corpus = ParallelCorpus(src=["ein hund", "alphabravo" * 2000], tgt=["a dog", "ALPHABRAVO" * 2000])
+    kept, report = clean(corpus, max_len=100, max_ratio=3.0)
+    assert kept.src == ["ein hund"]
+    assert report.too_long == 1
 
 
 def test_hub_dataset_rows_are_read_by_language_key(monkeypatch: pytest.MonkeyPatch) -> None:
