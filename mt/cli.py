@@ -230,6 +230,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------------
 
 
+def _at_least_0(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mt", description="Recurrent neural machine translation: train, translate, evaluate, export, serve."
@@ -244,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tgt", help="target language code")
     train.add_argument("--out", required=True, help="run folder: checkpoints/, best, last, log.jsonl")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    train.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in total (0 = no limit)")
+    train.add_argument(
+        "--max-steps", type=_at_least_0, default=0, help="stop after this many steps in total (0 = no limit)"
+    )
     _add_config_flags(train, [s for s in section_names() if s != "decode"])
     train.set_defaults(func=cmd_train)
 

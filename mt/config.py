@@ -122,7 +122,11 @@ class Config:
         for section in ("vocab", "model", "train"):
             for key, kind in section_fields(section).items():
                 value = getattr(getattr(self, section), key)
-                if kind is int and key not in ("eval_every", "threads", "eval_max_sentences", "seed"):
+                if kind is int and key in ("eval_every", "threads", "eval_max_sentences"):  # 0: off, or automatic
+                    _require(value >= 0, f"{section}.{key} must be at least 0, got {value}")
+                elif kind is int and key == "seed":  # what SentencePiece and NumPy take
+                    _require(0 <= value < 2**32, f"{section}.seed must be between 0 and 2**32 - 1, got {value}")
+                elif kind is int:
                     _require(value >= 1, f"{section}.{key} must be at least 1, got {value}")
         for key in ("dropout", "emb_dropout"):
             value = getattr(self.model, key)
@@ -239,7 +243,7 @@ def coerce(value: Any, kind: Any, name: str) -> Any:
             raise ConfigError(f"{name} must be a number, got {value!r}")
         try:
             number = kind(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int() of an infinite float
             raise ConfigError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{name} must be an integer, got {value!r}")

@@ -372,7 +372,7 @@ class Trainer:
         batches, and so does every rank. With subword sampling a new process draws other pieces from the
         same seed; the batches, kept in `Progress`, stay the same, so that every sentence is still trained
         on once per epoch (the resumed rest of it in other segmentations)."""
-        seed = self.config.train.seed * 1000 + self.progress.epoch
+        seed = (self.config.train.seed * 1000 + self.progress.epoch) % 2**32  # SentencePiece takes 32 bits
         alpha = self.config.vocab.sampling_alpha
         if alpha > 0 and self.world.size > 1:
             # SentencePiece draws other samples in each process from the same seed: all ranks take rank 0's

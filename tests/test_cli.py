@@ -164,6 +164,13 @@ def test_bad_input_is_a_one_line_error_and_exit_code_2(
     assert message in capsys.readouterr().err
 
 
+def test_a_negative_max_steps_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:  # argparse's own error: usage, then one line
+        main(["train", "--out", str(tmp_path / "out"), "--max-steps", "-1"])
+    assert exit.value.code == 2
+    assert "argument --max-steps: must be at least 0, got -1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

@@ -31,9 +31,10 @@ def test_command_line_strings_are_converted_to_the_field_type() -> None:
         ("train.nonsense", "1", "unknown config key 'train.nonsense'"),
         ("training.lr", "1", "unknown config section 'training'"),
         ("model.tie_embeddings", "maybe", "true or false"),
+        ("decode.beam_size", float("inf"), "must be an integer, got inf"),  # 1e999 in a config.json
     ],
 )
-def test_bad_overrides_say_which_key_and_why(key: str, value: str, message: str) -> None:
+def test_bad_overrides_say_which_key_and_why(key: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         set_field(Config(), key, value)
 
@@ -73,6 +74,13 @@ def test_invalid_yaml_file_names_the_file(tmp_path: Path) -> None:
         ("train.lr_decay", 1.0, r"train.lr_decay must be in \(0, 1\)"),  # torch's scheduler refuses 1
         ("data.max_ratio", 0.5, "data.max_ratio must be at least 1"),
         ("vocab.character_coverage", 0.0, r"vocab.character_coverage must be in \(0, 1\]"),
+        # -5 validated on all but the last 5 sentences; -1 never validated nor saved until the end
+        ("train.eval_max_sentences", -5, "train.eval_max_sentences must be at least 0, got -5"),
+        ("train.eval_every", -1, "train.eval_every must be at least 0, got -1"),
+        ("train.threads", -3, "train.threads must be at least 0, got -3"),
+        # SentencePiece's generator takes 32 bits: a date such as 20251201 crashed after the tokenizers trained
+        ("train.seed", -1, r"train.seed must be between 0 and 2\*\*32 - 1, got -1"),
+        ("train.seed", 2**32, r"train.seed must be between 0 and 2\*\*32 - 1, got 4294967296"),
     ],
 )
 def test_values_no_run_can_use_are_refused_by_name(key: str, value: object, message: str) -> None:
