@@ -342,10 +342,7 @@ class Trainer:
             while self.progress.epoch <= train_cfg.max_epochs:
                 if self._train_epoch():
                     break
-                # the checkpoint taken now resumes at the start of the next epoch
-                self.progress.epoch += 1
-                self.progress.batch_in_epoch = 0
-                self.progress.epoch_batches = []
+                self._next_epoch()
                 if train_cfg.eval_every == 0 and self._validate_and_save():
                     break
             else:
@@ -353,6 +350,12 @@ class Trainer:
                 if self.world.broadcast(self._saved_step != self.progress.step):
                     self._validate_and_save()
         return self.progress
+
+    def _next_epoch(self) -> None:
+        """At an epoch's end: a checkpoint taken now resumes at the start of the next one."""
+        self.progress.epoch += 1
+        self.progress.batch_in_epoch = 0
+        self.progress.epoch_batches = []
 
     def _tokenizers(self) -> tuple[Tokenizer, Tokenizer]:
         """Trained by rank 0 and sent to the others, so that all ranks hold the very same vocabularies."""
@@ -430,8 +433,11 @@ class Trainer:
                 window_tokens, window_loss, window_start = 0, 0.0, time.monotonic()
             if self._limit_reached():
                 bar.close()
+                if self.progress.batch_in_epoch == len(batches):  # its epoch's end too, evaluated here once
+                    self._next_epoch()
                 self._validate_and_save()
                 return True
+            paused = time.monotonic()  # validating and saving are not training: not in the tokens/s window
             if train_cfg.eval_every > 0 and self.progress.step % train_cfg.eval_every == 0:
                 if self._validate_and_save():
                     bar.close()
@@ -439,6 +445,7 @@ class Trainer:
                 self.model.train()
             elif self.world.is_main and time.monotonic() - self._last_save >= 60 * train_cfg.save_every_minutes:
                 self._save(best=False)
+            window_start += time.monotonic() - paused
         bar.close()
         return False
 

@@ -121,6 +121,29 @@ def test_a_resumed_run_ends_in_the_same_state_as_an_uninterrupted_one(reverse_co
     assert [lr for step, lr in evaluations[0] if step > 20][-1] < [lr for step, lr in evaluations[0] if step <= 20][-1]
 
 
+def test_a_run_stopped_at_an_epochs_end_resumes_without_evaluating_it_twice(
+    reverse_corpus: Path, tmp_path: Path
+) -> None:
+    """Evaluations once per epoch: stopped by --max-steps at an epoch's last batch, the run evaluates there
+    once, as its epoch's end, and the resumed run goes on from the next epoch like an uninterrupted one."""
+    config = tiny_config(reverse_corpus, max_epochs=3, lr_patience=1)
+    Trainer(config, tmp_path / "straight").fit()
+    evaluations = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    first_epoch_end = next(r["step"] for r in evaluations if r["event"] == "eval")
+    Trainer(config, tmp_path / "interrupted", max_steps=first_epoch_end).fit()
+    Trainer(config, tmp_path / "interrupted", resume=True).fit()
+
+    runs = [
+        [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        for run in ("straight", "interrupted")
+    ]
+    straight, resumed = ([(r["step"], r["epoch"], r["lr"]) for r in run if r["event"] == "eval"] for run in runs)
+    assert resumed == straight
+    states = [json.loads((tmp_path / run / "last" / "trainer.json").read_text()) for run in ("straight", "interrupted")]
+    for key in ("step", "epoch", "batch_in_epoch", "evals_without_improvement", "scheduler"):
+        assert states[0][key] == states[1][key], key
+
+
 def test_a_folder_holding_a_run_is_not_overwritten(reverse_corpus: Path, tmp_path: Path) -> None:
     config = tiny_config(reverse_corpus)
     Trainer(config, tmp_path / "run", max_steps=2).fit()
