@@ -120,6 +120,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     if world.size > 1 and not args.input:
         raise ValueError("under torchrun, give the text to translate as --input: every rank reads it")
     device = world.join(resolve_device(args.device))
+    output = _output_file(Path(args.output)) if args.output and world.is_main else None  # before the work
     translator = Translator.from_dir(args.model, device=str(device), int8=args.int8, bf16=args.bf16)
     decode = _decode_config(args, translator.decode)
     source = Path(args.input).read_bytes() if args.input else sys.stdin.buffer.read()
@@ -130,8 +131,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
     if not world.is_main:
         return 0
     text = "".join(blocks)
-    if args.output:
-        _write(Path(args.output), text)
+    if output:
+        _write(output, text)
     else:
         sys.stdout.write(text)
     return 0
@@ -156,14 +157,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data=args.data, split=args.split, src=args.src, ref=args.ref, src_lang=src_lang, tgt_lang=tgt_lang
     )
     hyp_path = Path(args.hyp) if args.hyp else Path(args.model) / f"{name}.{tgt_lang}.hyp"
+    hyp_file = _output_file(hyp_path)  # before the work
     result = evaluate(translator, sources, references, decode)
-    _write(hyp_path, "".join(h + "\n" for h in result.hypotheses))
+    _write(hyp_file, "".join(h + "\n" for h in result.hypotheses))
     print(result.report(name=name, decode=decode, hypotheses_path=hyp_path))
     return 0
 
 
+def _output_file(path: Path) -> Path:
+    """Where to write output `path`, checked before any work is done: a pipe or a device (`/dev/stdout`,
+    `>(cmd)`) as it is, written to directly; else the file a link points to, which must be in a folder."""
+    if path.exists() and not path.is_file():
+        if path.is_dir():
+            raise ValueError(f"cannot write {path}: it is a folder")
+        return path
+    target = Path(os.path.realpath(path))
+    if not target.parent.is_dir():
+        raise ValueError(f"cannot write {path}: folder {target.parent} does not exist")
+    if not os.access(target.parent, os.W_OK):
+        raise ValueError(f"cannot write {path}: folder {target.parent} is not writable")
+    return target
+
+
 def _write(path: Path, text: str) -> None:
-    """Replace `path` by `text` at once: a kill while writing leaves the previous file, not half of one."""
+    """Replace file `path` by `text` at once: a kill while writing leaves the previous file, not half of
+    one. A pipe or a device (see `_output_file`) is written to directly."""
+    if path.exists() and not path.is_file():
+        with path.open("w", encoding="utf-8") as stream:
+            stream.write(text)
+        return
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(text, encoding="utf-8")

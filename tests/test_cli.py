@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import queue
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+import mt.evaluate
 from mt.cli import main
 
 TINY_FLAGS = [
@@ -141,6 +145,50 @@ def test_translate_output_leaves_no_temporary_file(trained: Path, tmp_path: Path
     assert len((tmp_path / "out.txt").read_text(encoding="utf-8").splitlines()) == 1
     assert "previous" not in (tmp_path / "out.txt").read_text(encoding="utf-8")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.txt", "out.txt"]
+
+
+def _translated(trained: Path, tmp_path: Path) -> str:
+    """What `mt translate` writes to a plain file for in.txt."""
+    flags = ["--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "plain.txt")]
+    assert main(["translate", "--model", str(trained / "best"), *flags]) == 0
+    return (tmp_path / "plain.txt").read_text(encoding="utf-8")
+
+
+def test_translate_output_through_a_link_writes_the_file_it_points_to(trained: Path, tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("alpha bravo\n", encoding="utf-8")
+    (tmp_path / "real.txt").write_text("old\n", encoding="utf-8")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "real.txt")
+    flags = ["--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "link.txt")]
+    assert main(["translate", "--model", str(trained / "best"), *flags]) == 0
+    assert (tmp_path / "link.txt").is_symlink()
+    assert (tmp_path / "real.txt").read_text(encoding="utf-8") == _translated(trained, tmp_path)
+
+
+def test_translate_output_to_a_pipe_writes_into_it(trained: Path, tmp_path: Path) -> None:
+    """`--output /dev/stdout` or `>(cmd)`: no temporary file can be made beside a pipe."""
+    (tmp_path / "in.txt").write_text("alpha bravo\n", encoding="utf-8")
+    os.mkfifo(tmp_path / "pipe")
+    received: queue.Queue[str] = queue.Queue()
+    # a daemon: were the pipe replaced by a file, its reader would wait forever without holding up pytest
+    threading.Thread(target=lambda: received.put((tmp_path / "pipe").read_text(encoding="utf-8")), daemon=True).start()
+    flags = ["--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "pipe")]
+    assert main(["translate", "--model", str(trained / "best"), *flags]) == 0
+    assert received.get(timeout=30) == _translated(trained, tmp_path)
+
+
+def test_an_output_in_a_missing_folder_is_refused_before_the_work(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("translated before checking where the output goes")
+
+    monkeypatch.setattr(mt.evaluate, "evaluate", no_work)
+    (tmp_path / "test.src").write_text("alpha\n", encoding="utf-8")
+    (tmp_path / "test.ref").write_text("ALPHA\n", encoding="utf-8")
+    flags = ["--src", str(tmp_path / "test.src"), "--ref", str(tmp_path / "test.ref")]
+    hyp = str(tmp_path / "nodir" / "out.hyp")
+    assert main(["evaluate", "--model", str(trained / "best"), *flags, "--hyp", hyp]) == 2
+    assert f"cannot write {hyp}: folder {tmp_path / 'nodir'} does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
