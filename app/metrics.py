@@ -23,7 +23,7 @@ class Metrics:
         )
         self.batch_sentences = Histogram(
             "mt_batch_sentences",
-            "sentences decoded together in one batch",
+            "sentences of the requests decoded together in one batch (searched MT_MAX_BATCH_SENTENCES at a time)",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
