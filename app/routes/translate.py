@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -14,7 +12,7 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from app.auth import require_access
-from app.batcher import Overloaded, TextTooLong
+from app.batcher import ClientGone, Overloaded, TextTooLong
 from app.errors import describe_validation_errors
 from app.forms import FORM_TYPES, FormError, form_fields, media_type
 from app.schemas import Alignment, ErrorResponse, TranslateRequest, TranslateResponse
@@ -67,9 +65,11 @@ async def translate(request: Request, service: ServiceDep) -> TranslateResponse:
 
     filled = [i for i, text in enumerate(texts) if text.strip()]
     try:
-        translated = await _unless_client_leaves(
-            request, service.batchers[pair].translate([texts[i] for i in filled], decode)
+        translated = await service.batchers[pair].translate(
+            [texts[i] for i in filled], decode, client_gone=request.is_disconnected
         )
+    except ClientGone:
+        raise ClientDisconnect from None  # answered 499, to no one
     except Overloaded as error:
         raise HTTPException(503, f"the server is busy ({error}); retry later", headers=_RETRY) from None
     except TextTooLong as error:
@@ -99,31 +99,6 @@ async def translate(request: Request, service: ServiceDep) -> TranslateResponse:
     return _response(
         results, single=isinstance(body.q, str), alternatives=body.alternatives > 0, alignments=body.alignments
     )
-
-
-T = TypeVar("T")
-
-
-async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
-    """The result of `work`, unless the client disconnects first: then `work` is cancelled (the batcher
-    skips a request whose client left, or drops it from the batch it waits in) and ClientDisconnect raised.
-    Starlette goes on running a handler whose client has left."""
-    task, left = asyncio.ensure_future(work), asyncio.ensure_future(_disconnect(request))
-    try:
-        await asyncio.wait((task, left), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        left.cancel()
-        if not task.done():  # the client left, or this handler was cancelled
-            task.cancel()
-    if not task.done():
-        raise ClientDisconnect
-    return task.result()
-
-
-async def _disconnect(request: Request) -> None:
-    """Returns once the client has disconnected (the body has been read: nothing else comes)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _parse(request: Request) -> TranslateRequest:

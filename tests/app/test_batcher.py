@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from app import batcher as batcher_module
 from app.batcher import RETURN_SECONDS, Batcher, Overloaded, TextTooLong, _Job
 from app.settings import Settings
 from mt.config import DecodeConfig
@@ -33,7 +34,7 @@ def test_a_request_the_full_queue_refuses_is_503_with_retry_after(
     with client_for(models_dir) as client:
         batcher = client.app.state.service.batchers[("src", "tgt")]  # type: ignore[attr-defined]
 
-        async def full(texts: list[str], decode: DecodeConfig) -> list[Translation]:
+        async def full(texts: list[str], decode: DecodeConfig, **options: object) -> list[Translation]:
             raise Overloaded("64 sentences are waiting; at most 64 may wait")
 
         with monkeypatch.context() as patch:
@@ -74,8 +75,9 @@ def test_the_servers_queue_bound_sheds_load_with_503_and_serves_the_rest(
 def test_a_request_whose_client_left_while_it_waited_is_never_decoded(
     models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With one decode held, a second client sends its request and disconnects: it is answered 499 (to
-    no one) at once, without waiting for the decode, and its sentence is never decoded."""
+    """With one decode held, a second client sends its request and disconnects: once the held decode
+    ends, the second request is answered 499 (to no one), and its sentence is never decoded."""
+    monkeypatch.setattr(batcher_module, "CHECK_CLIENT_AFTER_SECONDS", 0.0)  # ask of every request, at once
     with client_for(models_dir) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         translator = service.models[("src", "tgt")].translator
@@ -89,17 +91,14 @@ def test_a_request_whose_client_left_while_it_waited_is_never_decoded(
 
         monkeypatch.setattr(translator, "translate_encoded", recorded)
         body = json.dumps({**REQUEST, "q": "kilo lima echo"}).encode()
-        messages: list[dict[str, Any]] = [
+        messages: list[dict[str, Any]] = [  # the whole body, then the client is gone
             {"type": "http.request", "body": body, "more_body": False},
             {"type": "http.disconnect"},
         ]
         statuses: list[int] = []
 
         async def receive() -> dict[str, Any]:
-            if len(messages) == 1:  # the client leaves once its request waits in the queue
-                while not service.batchers[("src", "tgt")].queued_sentences:
-                    await asyncio.sleep(0.01)
-            return messages.pop(0)
+            return messages.pop(0) if len(messages) > 1 else messages[0]
 
         async def send(message: Mapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -110,15 +109,21 @@ def test_a_request_whose_client_left_while_it_waited_is_never_decoded(
             "path": "/translate", "raw_path": b"/translate", "query_string": b"", "root_path": "",
             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("test", 80),
         }  # fmt: skip
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        with ThreadPoolExecutor(max_workers=2) as pool:
             first = pool.submit(client.post, "/translate", json={**REQUEST, "q": "alpha bravo golf"})
             assert decoding.wait(timeout=30)
-            client.portal.call(client.app, scope, receive, send)  # type: ignore[union-attr]
-            assert statuses == [499]  # while the first decode is still held
+            gone = pool.submit(client.portal.call, client.app, scope, receive, send)  # type: ignore[union-attr]
+            for _ in range(3000):
+                if service.batchers[("src", "tgt")].queued_sentences == 1:
+                    break
+                time.sleep(0.01)
             release.set()
             assert first.result(timeout=30).json() == {"translatedText": "GOLF BRAVO ALPHA"}
+            gone.result(timeout=30)
+        assert statuses == [499]
         assert client.post("/translate", json={**REQUEST, "q": "echo"}).status_code == 200
         assert decoded == [translator.encode(["alpha bravo golf"]), translator.encode(["echo"])]
+        assert 'mt_requests_total{route="/translate",status="499"} 1.0' in client.get("/metrics").text
 
 
 def test_a_request_past_its_time_budget_is_503_and_the_worker_lives_on(models_dir: Path) -> None:
