@@ -26,7 +26,7 @@ CASES = {
     # beam 5 peaked at 2,027 MiB when each step's attention rows were a tensor of their own (mt/search.py)
     "one caption x92": " ".join(["Ein Mann in einem blauen Hemd steht auf einer Leiter."] * 92),
     "repeated word x200": "der " * 200,
-    "repeated word x390": "der " * 390,
+    "repeated word x400": "der " * 400,  # the most pieces the service admits
     "repeated piece, no spaces x300": "ja" * 300,
     "one caption x12": " ".join(["Ein Mann in einem blauen Hemd steht auf einer Leiter."] * 12),
     "punctuation only": "!?.,;:-" * 40,

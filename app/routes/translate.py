@@ -22,7 +22,7 @@ from mt.translator import Translation
 
 router = APIRouter()
 _RETRY = {"Retry-After": "1"}  # seconds; a client that backs off finds the queue drained
-# at 4 decimals, about 7 MB of JSON; one text of the longest admitted (390 pieces) can hold 233,000
+# at 4 decimals, about 7 MB of JSON; one text of the longest admitted (400 pieces) can hold 245,000
 MAX_ALIGNMENT_WEIGHTS = 1_000_000
 
 _BODY = {"schema": TranslateRequest.model_json_schema()}  # the body is parsed by hand: JSON or form data
