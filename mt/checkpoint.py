@@ -203,7 +203,7 @@ def _read_config(file: Path) -> Config:
             kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(raw), "number")
             raise ConfigError(f"it holds a JSON {kind}, not an object of config sections")
         config = Config.from_dict(raw)
-        config.validate()
+        config.validate(training=False)
     except OSError as error:
         raise ModelDirError(f"{file} cannot be read: {error.strerror or error}") from error
     except (ValueError, RecursionError) as error:  # JSON, UTF-8 and config errors are ValueErrors

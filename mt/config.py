@@ -117,9 +117,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
-    def validate(self) -> None:
-        """Refuse values no run can use, naming the key; called before training and translating."""
-        for section in ("vocab", "model", "train"):
+    def validate(self, *, training: bool = True) -> None:
+        """Refuse values no run can use, naming the key; called before training and translating. A model
+        loaded to translate (`training=False`) is held only to what translating reads: its model, vocabulary
+        sizes and decoding settings, not the training settings it was trained with under older rules."""
+        for section in ("vocab", "model", "train") if training else ("vocab", "model"):
             for key, kind in section_fields(section).items():
                 value = getattr(getattr(self, section), key)
                 if kind is int and key in ("eval_every", "threads", "eval_max_sentences"):  # 0: off, or automatic
@@ -131,6 +133,9 @@ class Config:
         for key in ("dropout", "emb_dropout"):
             value = getattr(self.model, key)
             _require(0 <= value < 1, f"model.{key} must be in [0, 1), got {value}")
+        self.decode.validate()
+        if not training:
+            return
         train = self.train
         _require(0 <= train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)")
         # NaN fails every comparison, so these also refuse it
@@ -152,7 +157,6 @@ class Config:
         _require(self.vocab.sampling_alpha >= 0, "vocab.sampling_alpha must be >= 0")
         coverage = self.vocab.character_coverage
         _require(0 < coverage <= 1, f"vocab.character_coverage must be in (0, 1], got {coverage}")
-        self.decode.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -109,6 +109,20 @@ def test_invalid_config_is_named(model_dir: Path, tmp_path: Path) -> None:
         load_model_dir(broken)
 
 
+def test_a_model_trained_under_older_rules_still_translates(model_dir: Path, tmp_path: Path) -> None:
+    """Training settings that later versions refuse do not stop a trained model from loading to translate."""
+    older = copy_of(model_dir, tmp_path)
+    config = json.loads((older / "config.json").read_text())
+    config["train"].update(threads=-1, eval_max_sentences=-5, seed=-1, lr_decay=1.0, clip_norm=-1.0)
+    (older / "config.json").write_text(json.dumps(config))
+    expected = Translator.from_dir(model_dir, device="cpu").translate(["alpha bravo"])[0].text
+    assert Translator.from_dir(older, device="cpu").translate(["alpha bravo"])[0].text == expected
+    config["decode"]["beam_size"] = 0  # what translating reads is still checked
+    (older / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelDirError, match=r"decode\.beam_size must be between 1 and 100"):
+        load_model_dir(older)
+
+
 def test_export_averages_weights_and_stores_half_precision(reverse_corpus: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     Trainer(tiny_config(reverse_corpus, eval_every=10), run, max_steps=20).fit()
