@@ -214,13 +214,12 @@ class Batcher:
     ) -> list[list[Translation] | Exception]:
         """On the torch thread: each job's translations, or why it has none. The texts of all jobs are
         tokenized in one call, and those of the jobs within the piece limit decoded as one batch."""
-        encoded = iter(self._translator.encode([text for job in jobs for text in job.texts]))
-        sources = [list(itertools.islice(encoded, len(job.texts))) for job in jobs]
-        refusals = [self._refusal(job_sources) for job_sources in sources]
+        sources = self._encode(jobs)
+        refusals = [s if isinstance(s, Exception) else self._refusal(s) for s in sources]
         accepted = [
             source
             for job_sources, refused in zip(sources, refusals, strict=True)
-            if not refused
+            if not refused and not isinstance(job_sources, Exception)
             for source in job_sources
         ]
         translations: list[Translation] = []
@@ -237,6 +236,23 @@ class Batcher:
             refused or list(itertools.islice(translated, len(job.texts)))
             for job, refused in zip(jobs, refusals, strict=True)
         ]
+
+    def _encode(self, jobs: list[_Job]) -> list[list[list[int]] | Exception]:
+        """Each job's source pieces, or the error that tokenizing its texts raised: one request's text the
+        tokenizer cannot take fails that request alone, not every request in its batch."""
+        try:
+            encoded = iter(self._translator.encode([text for job in jobs for text in job.texts]))
+            return [list(itertools.islice(encoded, len(job.texts))) for job in jobs]
+        except Exception:
+            pass  # one job at a time, to find whose texts it was
+        results: list[list[list[int]] | Exception] = []
+        for job in jobs:
+            try:
+                results.append(self._translator.encode(job.texts))
+            except Exception as error:
+                log.exception("tokenizing a request's texts failed")
+                results.append(error)
+        return results
 
     def _refusal(self, sources: list[list[int]]) -> TextTooLong | None:
         for index, source in enumerate(sources):

@@ -242,6 +242,33 @@ def test_a_request_with_a_text_over_the_piece_limit_is_refused_and_its_batch_dec
     assert slow.calls == 1  # the other two were decoded together
 
 
+def test_a_text_the_tokenizer_cannot_take_fails_its_request_alone(models_dir: Path) -> None:
+    slow = SlowTranslator(Translator.from_dir(models_dir / "src-tgt", device="cpu"))
+    slow.release.set()
+    real_encode = slow.encode
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        if "boom" in texts:
+            raise TypeError("List elements must be str or bytes")  # what SentencePiece says of a lone surrogate
+        return real_encode(texts)
+
+    slow.encode = encode  # type: ignore[method-assign]
+
+    async def scenario() -> list[list[Translation] | BaseException]:
+        batcher = Batcher(slow, max_sentences=8, wait_seconds=0.05)  # type: ignore[arg-type]
+        batcher.start()
+        requests = [batcher.translate(texts, DecodeConfig()) for texts in (["kilo lima"], ["boom"], ["echo golf"])]
+        results = await asyncio.gather(*requests, return_exceptions=True)
+        await batcher.close()
+        return results
+
+    first, failed, last = asyncio.run(scenario())
+    assert isinstance(failed, TypeError)
+    expected = [t.text for t in slow.translator.translate(["kilo lima", "echo golf"])]
+    assert [first[0].text, last[0].text] == expected  # type: ignore[index]
+    assert slow.calls == 1  # the other two were decoded together
+
+
 def test_a_lone_request_is_not_held_for_the_batch_wait(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     slow = SlowTranslator(Translator.from_dir(models_dir / "src-tgt", device="cpu"))
     slow.release.set()

@@ -50,8 +50,11 @@ def test_form_data_is_accepted_like_libretranslate(client: TestClient) -> None:
             "q=alpha fährt bravo&source=src&target=tgt".encode("latin-1"),
             "application/x-www-form-urlencoded; charset=latin-1",
         ),
+        # not UTF-8 and no charset: Latin-1, as older clients mean and as Starlette read every form
+        ("q=alpha fährt bravo&source=src&target=tgt".encode("latin-1"), "application/x-www-form-urlencoded"),
+        (b"q=alpha+f%E4hrt+bravo&source=src&target=tgt", "application/x-www-form-urlencoded"),
     ],
-    ids=["raw UTF-8", "percent-encoded UTF-8", "declared Latin-1"],
+    ids=["raw UTF-8", "percent-encoded UTF-8", "declared Latin-1", "Latin-1 undeclared", "%-Latin-1 undeclared"],
 )
 def test_form_data_is_read_in_its_charset(
     client: TestClient, monkeypatch: pytest.MonkeyPatch, body: bytes, content_type: str
@@ -67,6 +70,17 @@ def test_form_data_is_read_in_its_charset(
     response = client.post("/translate", content=body, headers={"Content-Type": content_type})
     assert response.status_code == 200
     assert texts == ["alpha fährt bravo"]
+
+
+def test_a_form_field_that_is_no_text_is_400(client: TestClient) -> None:
+    """UTF-7 spells a lone surrogate, which would fail the tokenizer and every request in its batch."""
+    response = client.post(
+        "/translate",
+        content=b"q=Hund+2AA-&source=src&target=tgt",
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-7"},
+    )
+    assert response.status_code == 400
+    assert response.json() == {"error": "form data holds a lone UTF-16 surrogate, which is not text"}
 
 
 @pytest.mark.parametrize("charset", ["no-such-charset", "utf-8"])
