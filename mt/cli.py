@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import logging
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -165,9 +166,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _output_file(path: Path) -> Path:
-    """Where to write output `path`, checked before any work is done: a pipe or a device (`/dev/stdout`,
-    `>(cmd)`) as it is, written to directly; else the file a link points to, which must be in a folder."""
-    if path.exists() and not path.is_file():
+    """Where to write output `path`, checked before any work is done: a stream (`/dev/stdout`, `>(cmd)`, a
+    pipe or a device) as it is, written to directly; else the file a link points to, which must be in a
+    folder."""
+    if _is_stream(path):
         if path.is_dir():
             raise ValueError(f"cannot write {path}: it is a folder")
         return path
@@ -179,11 +181,18 @@ def _output_file(path: Path) -> Path:
     return target
 
 
+def _is_stream(path: Path) -> bool:
+    """A pipe or a device, or one of this process's open files by name (`/dev/stdout`, `/dev/fd/3`): the
+    shell opened it, so it is appended to (`>` had emptied it, `>>` had not), never replaced."""
+    own_file = re.fullmatch(r"/dev/(stdout|stderr|fd/\d+)|/proc/(self|\d+)/fd/\d+", str(path))
+    return bool(own_file) or (path.exists() and not path.is_file())
+
+
 def _write(path: Path, text: str) -> None:
     """Replace file `path` by `text` at once: a kill while writing leaves the previous file, not half of
-    one. A pipe or a device (see `_output_file`) is written to directly."""
-    if path.exists() and not path.is_file():
-        with path.open("w", encoding="utf-8") as stream:
+    one. A stream (`_is_stream`) is written to directly."""
+    if _is_stream(path):
+        with path.open("a", encoding="utf-8") as stream:
             stream.write(text)
         return
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

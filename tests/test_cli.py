@@ -176,6 +176,19 @@ def test_translate_output_to_a_pipe_writes_into_it(trained: Path, tmp_path: Path
     assert received.get(timeout=30) == _translated(trained, tmp_path)
 
 
+def test_translate_output_to_dev_stdout_appends_to_what_stdout_is(trained: Path, tmp_path: Path) -> None:
+    """`--output /dev/stdout >> log`: the log keeps what it held (/dev/stdout resolves to the log file,
+    which must not be replaced as a file would be)."""
+    (tmp_path / "in.txt").write_text("alpha bravo\n", encoding="utf-8")
+    log = tmp_path / "log"
+    log.write_text("EARLIER LINE\n", encoding="utf-8")
+    flags = ["--input", str(tmp_path / "in.txt"), "--output", "/dev/stdout"]
+    with log.open("a", encoding="utf-8") as stdout:
+        command = [sys.executable, "-m", "mt", "translate", "--model", str(trained / "best"), *flags]
+        subprocess.run(command, stdout=stdout, check=True)
+    assert log.read_text(encoding="utf-8") == "EARLIER LINE\n" + _translated(trained, tmp_path)
+
+
 def test_an_output_in_a_missing_folder_is_refused_before_the_work(
     trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
