@@ -84,6 +84,9 @@ class Progress:
     # with subword sampling, the batches of `epoch` (sentence ids): a new process samples other pieces
     # from the same seed, and batches cut by those lengths would not be the ones batch_in_epoch counts
     epoch_batches: list[list[int]] = field(default_factory=list)
+    # the training pairs after cleaning (`_digest`): a resumed run refuses others, whose sentence ids would
+    # not be the ones its batches hold ("" in checkpoints written before it was kept)
+    corpus: str = ""
 
 
 def make_batches(
@@ -296,7 +299,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=train_cfg.lr_decay, patience=train_cfg.lr_patience
         )
-        self.progress = Progress()
+        self.progress = Progress(corpus=_digest(self.train_corpus.src, self.train_corpus.tgt))
         if resume:
             saved = load_training_state(run_dir / "last", self.optimizer)
             try:
@@ -305,6 +308,7 @@ class Trainer:
                 raise ModelDirError(
                     f"{run_dir / 'last'}/trainer.json does not hold a training position: {error}"
                 ) from None
+            self._check_same_corpus(self.progress, corpus=_digest(self.train_corpus.src, self.train_corpus.tgt))
             self.scheduler.load_state_dict(self.progress.scheduler)
             # The schedule's settings may be changed on resume (train.* overrides); its counters carry on.
             self.scheduler.factor, self.scheduler.patience = train_cfg.lr_decay, train_cfg.lr_patience
@@ -324,6 +328,17 @@ class Trainer:
         self.valid_tgt = self.tgt_tok.encode(self.valid_corpus.tgt)
         self._last_save = time.monotonic()
         self._saved_step = self.progress.step
+
+    def _check_same_corpus(self, saved: Progress, *, corpus: str) -> None:
+        """Resume only on the training pairs the run started with (the same data, cleaned by the same rules)."""
+        pairs = len(self.train_corpus)
+        changed = bool(saved.corpus) and saved.corpus != corpus
+        if changed or any(i >= pairs for batch in saved.epoch_batches for i in batch):
+            raise ValueError(
+                f"cannot resume {self.run_dir}: its training pairs have changed since it started ({pairs:,} in "
+                f"{self.config.data.path} after cleaning now); resume on the same data, or start a new run"
+            )
+        saved.corpus = corpus
 
     # --- the loop ----------------------------------------------------------------------------------
 

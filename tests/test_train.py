@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,27 @@ def test_a_folder_holding_a_run_is_not_overwritten(reverse_corpus: Path, tmp_pat
     Trainer(config, tmp_path / "run", max_steps=2).fit()
     with pytest.raises(RunDirError, match="already holds a training run; pass --resume"):
         Trainer(config, tmp_path / "run")
+
+
+def test_a_run_resumes_only_on_the_training_pairs_it_started_with(reverse_corpus: Path, tmp_path: Path) -> None:
+    """Its batches are sentence ids into the cleaned pairs: other pairs would make them other sentences, or
+    ids past the end (an IndexError, when a new cleaning rule dropped a pair of a run begun before it)."""
+    data = tmp_path / "data"
+    shutil.copytree(reverse_corpus, data)
+    config = tiny_config(data)
+    config.vocab.sampling_alpha = 0.1  # the epoch's batches are kept in the checkpoint
+    Trainer(config, tmp_path / "run", max_steps=3).fit()
+    lines = (data / "train.jsonl").read_text().splitlines()
+    (data / "train.jsonl").write_text("\n".join(lines[1:]) + "\n")  # one pair fewer
+    with pytest.raises(ValueError, match=r"its training pairs have changed since it started \(2,999 in"):
+        Trainer(config, tmp_path / "run", resume=True, max_steps=6)
+    # a checkpoint from before the pairs' digest was kept: its batches still give the change away
+    state = tmp_path / "run" / "last" / "trainer.json"
+    saved = json.loads(state.read_text())
+    del saved["corpus"]
+    state.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="its training pairs have changed"):
+        Trainer(config, tmp_path / "run", resume=True, max_steps=6)
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(reverse_corpus: Path, tmp_path: Path) -> None:
