@@ -120,7 +120,7 @@ def _read_text(file: Path) -> list[str]:
     try:
         return read_lines(file.read_bytes())
     except UnicodeDecodeError as error:
-        line = file.read_bytes()[: error.start].count(b"\n") + 1
+        line = error.object[: error.start].count(b"\n") + 1  # the bytes decoded, after any BOM
         raise CorpusError(f"{file}, line {line}: not UTF-8 text") from None
 
 

@@ -37,7 +37,7 @@ def test_plain_text_lines_end_only_at_newlines(tmp_path: Path) -> None:
 
 
 def test_a_plain_text_file_that_is_not_utf8_names_its_line(tmp_path: Path) -> None:
-    (tmp_path / "train.de").write_bytes(b"Ein Hund.\nZwei K\xe4tzchen.\n")
+    (tmp_path / "train.de").write_bytes("\ufeffEin Hund.\n".encode() + b"Zwei K\xe4tzchen.\n")
     (tmp_path / "train.en").write_text("A dog.\nTwo kittens.\n", encoding="utf-8")
     with pytest.raises(CorpusError, match=r"train\.de, line 2: not UTF-8 text"):
         load_split(str(tmp_path), "train", "de", "en")
