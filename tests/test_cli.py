@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -13,6 +14,7 @@ import pytest
 
 import mt.evaluate
 from mt.cli import main
+from mt.translator import Translator
 
 TINY_FLAGS = [
     "--vocab.src_size", "40", "--vocab.tgt_size", "40", "--model.emb_size", "16", "--model.enc_hidden", "16",
@@ -69,6 +71,9 @@ def test_translate_reads_and_writes_files(trained: Path, tmp_path: Path) -> None
     assert code == 0
     lines = (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n")
     assert len(lines) == 4 and lines[2] == "" and lines[3] == ""  # three lines in, three out; empty stays empty
+    translator = Translator.from_dir(trained / "best", device="cpu")
+    decode = dataclasses.replace(translator.decode, beam_size=3)
+    assert lines[:2] == [t.text for t in translator.translate(["alpha bravo", "kilo"], decode)]
 
 
 def test_translate_prints_n_best_lists(

@@ -14,6 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from mt.translator import Translator
+
 from .conftest import client_for
 
 SERVED = {"source": "src", "target": "tgt"}
@@ -240,14 +242,17 @@ def test_5000_repeated_tokens_are_400_over_max_chars(client: TestClient) -> None
     assert_error(client.post("/translate", json={"q": "a " * 5000, **SERVED}), 400, "at most 5000")
 
 
-def test_a_long_repetitive_text_within_max_chars_comes_back_bounded(client: TestClient) -> None:
-    """Refused for its length in pieces, or translated: never an unbounded output."""
-    q = "a " * 2400
-    response = client.post("/translate", json={"q": q, **SERVED})
-    if response.status_code == 400:
-        assert_error(response, 400, "q")
-    else:
-        assert len(assert_translated(response).split()) <= 1.5 * (len(q) + 1) + 10  # decode.max_len_a/b
+def test_a_long_repetitive_text_is_refused_for_its_pieces_or_comes_back_bounded(
+    client: TestClient, models_dir: Path
+) -> None:
+    """Within MT_MAX_CHARS, over MT_MAX_PIECES: refused. At the piece limit: translated, never unboundedly."""
+    assert_error(client.post("/translate", json={"q": "a " * 2400, **SERVED}), 400, "at most 400 per text")
+    translator = Translator.from_dir(models_dir / "src-tgt", device="cpu")
+    words = max(n for n in range(1, 401) if len(translator.encode(["a " * n])[0]) - 1 <= 400)
+    pieces = len(translator.encode(["a " * words])[0])  # with </s>
+    response = client.post("/translate", json={"q": "a " * words, "alignments": True, **SERVED})
+    assert response.status_code == 200, response.text[:300]
+    assert len(response.json()["alignments"]["target_pieces"]) <= 1.5 * pieces + 10  # decode.max_len_a/b
 
 
 # --- odd text ----------------------------------------------------------------------------------------

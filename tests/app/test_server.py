@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -134,15 +134,21 @@ def test_libretranslate_client_gets_a_translation(server: Server) -> None:
     assert {language["code"] for language in client.languages()} == {"src", "tgt"}
 
 
-def test_sigterm_lets_the_request_in_flight_finish(models_dir: Path) -> None:
+def test_sigterm_lets_the_requests_in_flight_finish(models_dir: Path) -> None:
     running = start_server(models_dir)
+    # 16 requests of 100 texts with beam 10, decoded one after another (about 30 ms each): the signal
+    # comes as the first is answered, while one decodes and the others wait
     texts = [row["src"] for row in reverse_task(100, seed=12)]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(post, running.url, {"q": texts, "source": "src", "target": "tgt", "beam_size": 10})
-        time.sleep(0.3)  # the request is being decoded
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        body = {"q": texts, "source": "src", "target": "tgt", "beam_size": 10}
+        pending = [pool.submit(post, running.url, body) for _ in range(16)]
+        wait(pending, return_when=FIRST_COMPLETED)
         running.process.send_signal(signal.SIGTERM)
-        status, body = pending.result(timeout=60)
-    assert status == 200
-    assert len(body["translatedText"]) == 100  # type: ignore[arg-type]
+        answers = [request.result(timeout=60) for request in pending]
+    assert [status for status, _ in answers] == [200] * 16
+    assert all(len(body["translatedText"]) == 100 for _, body in answers)  # type: ignore[arg-type]
     # uvicorn re-raises SIGTERM after its graceful shutdown, so a supervisor sees why it stopped
     assert running.process.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert running.process.stderr is not None
+    log = running.process.stderr.read().decode()
+    assert "Waiting for connections to close" in log  # requests were still in flight at the signal
