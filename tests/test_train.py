@@ -4,11 +4,14 @@ import json
 import random
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import mt.train
 from mt.config import ModelConfig
 from mt.distributed import World
 from mt.loss import label_smoothed_cross_entropy
@@ -143,6 +146,36 @@ def test_a_run_stopped_at_an_epochs_end_resumes_without_evaluating_it_twice(
     states = [json.loads((tmp_path / run / "last" / "trainer.json").read_text()) for run in ("straight", "interrupted")]
     for key in ("step", "epoch", "batch_in_epoch", "evals_without_improvement", "scheduler"):
         assert states[0][key] == states[1][key], key
+
+
+def test_the_logged_speed_counts_training_time_only(
+    reverse_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a clock where a step takes 1 s and a validation 1,000 s, 50 steps log the same tokens/s with
+    validations every 10 steps as without any (validating had halved it with eval_every 30)."""
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(mt.train, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    real_step, real_bleu = mt.train.train_step, Trainer.validation_bleu
+
+    def step(*args: Any, **kwargs: Any) -> float:
+        clock.now += 1.0
+        return real_step(*args, **kwargs)
+
+    def validation_bleu(self: Trainer) -> float:
+        clock.now += 1000.0
+        return real_bleu(self)
+
+    monkeypatch.setattr(mt.train, "train_step", step)
+    monkeypatch.setattr(Trainer, "validation_bleu", validation_bleu)
+    speeds = []
+    for eval_every in (0, 10):
+        run = tmp_path / f"every-{eval_every}"
+        config = tiny_config(reverse_corpus, eval_every=eval_every, batch_tokens=150)  # 50 steps in one epoch
+        Trainer(config, run, max_steps=50).fit()
+        records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        speeds.append([r["tgt_tok_per_s"] for r in records if r["event"] == "train"])
+    assert len(speeds[0]) == 1
+    assert speeds[1] == speeds[0]
 
 
 def test_a_folder_holding_a_run_is_not_overwritten(reverse_corpus: Path, tmp_path: Path) -> None:
