@@ -75,7 +75,8 @@ def create_app(settings: Settings | None = None, models: dict[tuple[str, str], S
         lifespan=lifespan,
     )
     app.state.access = access
-    for router in (translate.router, languages.router, health.router, web.router):
+    routers = (translate.router, languages.router, health.router, web.router)
+    for router in routers:
         app.include_router(router)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -84,7 +85,8 @@ def create_app(settings: Settings | None = None, models: dict[tuple[str, str], S
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # inside ObserveRequests: 413s are counted
     app.add_middleware(AnswerInternalErrors)  # its 500s pass through the middleware added after it
-    app.add_middleware(ObserveRequests, metrics=metrics)
+    paths = [getattr(route, "path", "") for router in routers for route in router.routes]
+    app.add_middleware(ObserveRequests, metrics=metrics, paths=paths)
 
     # outermost but for Starlette's ServerErrorMiddleware: every answer carries the CORS headers, errors too
     if origins := split_list(settings.cors_origins):

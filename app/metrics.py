@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,9 +38,10 @@ class ObserveRequests:
     its response. (Starlette's `@app.middleware("http")` would run each request in tasks and streams
     of its own, work on the event loop that the torch thread waits on for the GIL.)"""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, paths: Collection[str] = ()) -> None:
         self.app = app
         self.metrics = metrics
+        self.paths = frozenset(paths)  # the app's routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,6 +59,8 @@ class ObserveRequests:
         try:
             await self.app(scope, receive, observing_send)
         finally:
-            route = getattr(scope.get("route"), "path", "other")  # the router puts the matched route in the scope
+            route = getattr(scope.get("route"), "path", None)  # the router puts the matched route in the scope
+            if route is None:  # answered before routing (a declared body over the limit): by its path if a route's
+                route = scope["path"] if scope["path"] in self.paths else "other"
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)

@@ -212,9 +212,16 @@ def test_a_request_larger_than_the_queue_is_400_not_retry_forever(models_dir: Pa
 
 
 def test_body_over_the_size_limit_is_413(client: TestClient) -> None:
+    def counted() -> str:
+        sample = 'mt_requests_total{route="/translate",status="413"}'
+        return next((line for line in client.get("/metrics").text.splitlines() if line.startswith(sample)), "")
+
+    before = counted()
     response = client.post("/translate", json={"q": "a" * 6000, "source": "src", "target": "tgt"})
     assert response.status_code == 413
     assert "larger than 5000 bytes" in response.json()["error"]
+    # refused on its declared length before routing, it is still counted under its route
+    assert counted() != before
 
 
 def test_unknown_fields_are_ignored_for_client_compatibility(client: TestClient) -> None:
