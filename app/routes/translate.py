@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from typing import Any
 
@@ -16,6 +17,7 @@ from app.batcher import ClientGone, Overloaded, TextTooLong
 from app.errors import describe_validation_errors
 from app.forms import FORM_TYPES, FormError, form_fields, media_type
 from app.schemas import Alignment, ErrorResponse, TranslateRequest, TranslateResponse
+from app.segment import join, split
 from app.service import ServiceDep
 from mt.search import SearchTimeout
 from mt.translator import Translation
@@ -63,20 +65,25 @@ async def translate(request: Request, service: ServiceDep) -> TranslateResponse:
     beam_size = max(body.beam_size or service.default_beam_size(pair), n_best)
     decode = dataclasses.replace(translator.decode, beam_size=beam_size, n_best=n_best)
 
-    filled = [i for i, text in enumerate(texts) if text.strip()]
-    try:
-        translated = await service.batchers[pair].translate(
-            [texts[i] for i in filled], decode, client_gone=request.is_disconnected
+    segmented = [split(text) for text in texts]
+    sentences = [sentence for segments in segmented for sentence in segments.sentences]
+    owner = [index for index, segments in enumerate(segmented) for _ in segments.sentences]  # text of each
+    if len(sentences) > settings.max_queued_sentences:  # more than may wait: told to retry forever
+        raise HTTPException(
+            400, f"q holds {len(sentences)} sentences; at most {settings.max_queued_sentences} per request"
         )
+    try:
+        translated = await service.batchers[pair].translate(sentences, decode, client_gone=request.is_disconnected)
     except ClientGone:
         raise ClientDisconnect from None  # answered 499, to no one
     except Overloaded as error:
         raise HTTPException(503, f"the server is busy ({error}); retry later", headers=_RETRY) from None
     except TextTooLong as error:
-        where = "q" if isinstance(body.q, str) else f"q[{filled[error.index]}]"
-        split = "split it into sentences"
+        where = "q" if isinstance(body.q, str) else f"q[{owner[error.index]}]"
         raise HTTPException(
-            400, f"{where} is {error.pieces} subword pieces long; at most {error.limit} per text: {split}"
+            400,
+            f"{where} has a sentence of {error.pieces} subword pieces; at most {error.limit} per sentence "
+            "(a sentence ends at . ! ? or a line break)",
         ) from None
     except SearchTimeout:
         raise HTTPException(
@@ -85,17 +92,16 @@ async def translate(request: Request, service: ServiceDep) -> TranslateResponse:
             "the server is busy, or the texts are too long: retry later, or send fewer or shorter texts",
             headers=_RETRY,
         ) from None
-    weights = sum(t.candidates[0].attention.numel() for t in translated) if body.alignments else 0
+    parts = iter(translated)
+    results = [join(segments, list(itertools.islice(parts, len(segments.sentences)))) for segments in segmented]
+    weights = sum(r.candidates[0].attention.numel() for r in results if r) if body.alignments else 0
     if weights > MAX_ALIGNMENT_WEIGHTS:  # its JSON would hold the event loop, and memory, for seconds
         raise HTTPException(
             400,
             f"the alignments of these texts hold {weights:,} attention weights; at most {MAX_ALIGNMENT_WEIGHTS:,} "
             "per request: send fewer or shorter texts with alignments",
         )
-    results: list[Translation | None] = [None] * len(texts)
-    for index, translation in zip(filled, translated, strict=True):
-        results[index] = translation
-    service.metrics.sentences.labels(f"{body.source}->{body.target}").inc(len(filled))
+    service.metrics.sentences.labels(f"{body.source}->{body.target}").inc(len(sentences))
     return _response(
         results, single=isinstance(body.q, str), alternatives=body.alternatives > 0, alignments=body.alignments
     )

@@ -246,7 +246,7 @@ def test_a_long_repetitive_text_is_refused_for_its_pieces_or_comes_back_bounded(
     client: TestClient, models_dir: Path
 ) -> None:
     """Within MT_MAX_CHARS, over MT_MAX_PIECES: refused. At the piece limit: translated, never unboundedly."""
-    assert_error(client.post("/translate", json={"q": "a " * 2400, **SERVED}), 400, "at most 400 per text")
+    assert_error(client.post("/translate", json={"q": "a " * 2400, **SERVED}), 400, "at most 400 per sentence")
     translator = Translator.from_dir(models_dir / "src-tgt", device="cpu")
     words = max(n for n in range(1, 401) if len(translator.encode(["a " * n])[0]) - 1 <= 400)
     pieces = len(translator.encode(["a " * words])[0])  # with </s>

@@ -43,7 +43,7 @@ def test_a_long_text_is_refused_with_its_piece_count(models_dir: Path) -> None:
     with client_for(models_dir, max_chars=10_000) as client:  # the default piece limit applies
         response = client.post("/translate", json={"q": LONG, "source": "src", "target": "tgt"})
     assert response.status_code == 400
-    assert "subword pieces long; at most 400 per text" in response.json()["error"]
+    assert "subword pieces; at most 400 per sentence" in response.json()["error"]
 
 
 def test_a_decode_past_the_time_budget_is_stopped_with_a_clear_error(

@@ -293,14 +293,13 @@ def test_a_batch_with_missing_results_fails_instead_of_shifting_answers(
         assert 'status="500"' in client.get("/metrics").text
 
 
-def test_a_text_over_the_piece_limit_is_400_naming_it(models_dir: Path) -> None:
+def test_a_sentence_over_the_piece_limit_is_400_naming_its_text(models_dir: Path) -> None:
     with client_for(models_dir, max_pieces=5) as client:
-        response = client.post(
-            "/translate", json={"q": ["alpha", "alpha bravo golf kilo lima echo"], "source": "src", "target": "tgt"}
-        )
+        texts = ["alpha. bravo", "kilo. alpha bravo golf kilo lima echo"]  # the second sentence of the second
+        response = client.post("/translate", json={"q": texts, "source": "src", "target": "tgt"})
     assert response.status_code == 400
-    assert response.json()["error"].startswith("q[1] is ")
-    assert "at most 5 per text" in response.json()["error"]
+    assert response.json()["error"].startswith("q[1] has a sentence of ")
+    assert "at most 5 per sentence" in response.json()["error"]
 
 
 def served_translator(models_dir: Path, *, int8: bool = False, bf16: bool = False) -> Translator:
