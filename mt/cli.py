@@ -157,7 +157,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     sources, references, name = read_test_set(
         data=args.data, split=args.split, src=args.src, ref=args.ref, src_lang=src_lang, tgt_lang=tgt_lang
     )
-    hyp_path = Path(args.hyp) if args.hyp else Path(args.model) / f"{name}.{tgt_lang}.hyp"
+    # the precision in the default name: an int8 or bf16 run does not overwrite the fp32 hypotheses
+    precision = ".int8" if args.int8 else ".bf16" if args.bf16 else ""
+    hyp_path = Path(args.hyp) if args.hyp else Path(args.model) / f"{name}.{tgt_lang}{precision}.hyp"
     hyp_file = _output_file(hyp_path)  # before the work
     result = evaluate(translator, sources, references, decode)
     _write(hyp_file, "".join(h + "\n" for h in result.hypotheses))

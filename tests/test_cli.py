@@ -5,6 +5,7 @@ import io
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -130,6 +131,18 @@ def test_evaluate_on_source_and_reference_files(
     )
     assert code == 0
     assert "src: BLEU" in capsys.readouterr().out
+
+
+def test_evaluate_names_int8_hypotheses_apart_from_fp32_ones(trained: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(trained / "best", model)
+    (tmp_path / "test.src").write_text("alpha bravo\n", encoding="utf-8")
+    (tmp_path / "test.ref").write_text("BRAVO ALPHA\n", encoding="utf-8")
+    flags = ["--src", str(tmp_path / "test.src"), "--ref", str(tmp_path / "test.ref")]
+    assert main(["evaluate", "--model", str(model), *flags]) == 0
+    assert main(["evaluate", "--model", str(model), *flags, "--int8"]) == 0
+    hypotheses = sorted(path.name for path in model.glob("*.hyp"))
+    assert len(hypotheses) == 2 and sum(name.endswith(".int8.hyp") for name in hypotheses) == 1
 
 
 def test_evaluate_on_empty_files_is_a_clear_error(
