@@ -126,3 +126,35 @@ def test_a_language_that_is_only_a_target_is_not_offered_as_a_source(browser: An
     page.wait_for_function("document.querySelectorAll('#source option').length > 0")
     assert page.eval_on_selector_all("#source option", "options => options.map(o => o.value)") == ["src"]
     assert page.eval_on_selector_all("#target option", "options => options.map(o => o.value)") == ["tgt"]
+
+
+def test_a_long_texts_heatmap_stays_within_what_browsers_draw(browser: Any, page_server: Server) -> None:
+    """Cells shrink (and lose their labels) so that the canvas stays within about 4,000 px a side."""
+    page = browser.new_page()
+    page.goto(page_server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#source option').length > 0")
+    page.fill("#text", "Alpha bravo golf. " * 100)  # 100 sentences: some 400 pieces on each side
+    page.click("#translate")
+    page.wait_for_function("document.querySelector('#heatmap').dataset.drawn !== undefined", timeout=30_000)
+    assert page.inner_text("#error") == ""
+    rows, columns = map(int, page.evaluate("document.querySelector('#heatmap').dataset.drawn").split("x"))
+    assert rows > 160 and columns > 160  # 26-px cells would have made it over 4,000 px
+    size = page.evaluate("[document.querySelector('#heatmap').width, document.querySelector('#heatmap').height]")
+    assert max(size) <= 4002
+
+
+def test_the_page_works_where_site_storage_is_blocked(browser: Any, page_server: Server) -> None:
+    """With storage blocked, reading localStorage throws; the page must still load and translate."""
+    page = browser.new_page()
+    page.add_init_script(
+        "Object.defineProperty(window, 'localStorage', "
+        "{get() { throw new DOMException('The operation is insecure.', 'SecurityError'); }});"
+    )
+    page.goto(page_server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#source option').length > 0")
+    page.select_option("#source", "src")
+    page.select_option("#target", "tgt")
+    page.fill("#text", "alpha bravo golf")
+    page.click("#translate")
+    page.wait_for_function("document.querySelector('#output').textContent !== ''", timeout=30_000)
+    assert page.inner_text("#output") == "GOLF BRAVO ALPHA"
