@@ -19,6 +19,12 @@ def describe_validation_errors(errors: object) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def internal_error(method: str, path: str) -> JSONResponse:
+    """Log the exception being handled and answer 500, without its details."""
+    log.exception("internal error on %s %s", method, path)
+    return JSONResponse({"error": "internal server error"}, status_code=500)
+
+
 class AnswerInternalErrors:
     """ASGI middleware, innermost: an exception that no handler took is logged and answered with a JSON
     500, here, so that the middleware around it sees an answer like any other: CORS adds its headers
@@ -44,5 +50,4 @@ class AnswerInternalErrors:
         except Exception:
             if started:  # too late for another answer: the server closes the connection
                 raise
-            log.exception("internal error on %s %s", scope["method"], scope["path"])
-            await JSONResponse({"error": "internal server error"}, status_code=500)(scope, receive, send)
+            await internal_error(scope["method"], scope["path"])(scope, receive, send)

@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect
 from app.auth import Access, redact_access_log, split_list
 from app.batcher import Batcher
 from app.body_limit import BodySizeLimit
-from app.errors import AnswerInternalErrors, describe_validation_errors
+from app.errors import AnswerInternalErrors, describe_validation_errors, internal_error
 from app.metrics import Metrics, ObserveRequests
 from app.registry import ServedModel, load_models
 from app.routes import health, languages, translate, web
@@ -117,5 +117,4 @@ async def _client_gone(request: Request, error: Exception) -> Response:
 
 
 async def _internal_error(request: Request, error: Exception) -> Response:
-    log.exception("internal error on %s %s", request.method, request.url.path, exc_info=error)
-    return JSONResponse({"error": "internal server error"}, status_code=500)
+    return internal_error(request.method, request.url.path)

@@ -299,7 +299,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=train_cfg.lr_decay, patience=train_cfg.lr_patience
         )
-        self.progress = Progress(corpus=_digest(self.train_corpus.src, self.train_corpus.tgt))
+        corpus = _digest(self.train_corpus.src, self.train_corpus.tgt)
+        self.progress = Progress(corpus=corpus)
         if resume:
             saved = load_training_state(run_dir / "last", self.optimizer)
             try:
@@ -308,7 +309,7 @@ class Trainer:
                 raise ModelDirError(
                     f"{run_dir / 'last'}/trainer.json does not hold a training position: {error}"
                 ) from None
-            self._check_same_corpus(self.progress, corpus=_digest(self.train_corpus.src, self.train_corpus.tgt))
+            self._check_same_corpus(self.progress, corpus=corpus)
             self.scheduler.load_state_dict(self.progress.scheduler)
             # The schedule's settings may be changed on resume (train.* overrides); its counters carry on.
             self.scheduler.factor, self.scheduler.patience = train_cfg.lr_decay, train_cfg.lr_patience

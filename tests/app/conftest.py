@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -32,6 +33,27 @@ def hold_decoding(translator: Translator, monkeypatch: pytest.MonkeyPatch) -> tu
 
     monkeypatch.setattr(translator, "translate_encoded", held)
     return decoding, release
+
+
+def post_and_leave(client: TestClient, messages: list[dict[str, Any]]) -> list[int]:
+    """POST /translate (JSON) straight to the app as a client whose `receive` gives `messages`, the last
+    of them (a disconnect) ever after: the statuses the app answered it with."""
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if len(messages) > 1 else messages[0]
+
+    async def send(message: Mapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/translate", "raw_path": b"/translate", "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("test", 80),
+    }  # fmt: skip
+    client.portal.call(client.app, scope, receive, send)  # type: ignore[union-attr]
+    return statuses
 
 
 @pytest.fixture(scope="module")

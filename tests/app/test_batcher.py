@@ -7,7 +7,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from mt.config import DecodeConfig
 from mt.search import Hypothesis, SearchTimeout
 from mt.translator import Translation, Translator
 
-from .conftest import client_for, hold_decoding
+from .conftest import client_for, hold_decoding, post_and_leave
 
 REQUEST = {"q": ["alpha bravo golf", "kilo lima echo"], "source": "src", "target": "tgt"}
 
@@ -95,31 +95,17 @@ def test_a_request_whose_client_left_while_it_waited_is_never_decoded(
             {"type": "http.request", "body": body, "more_body": False},
             {"type": "http.disconnect"},
         ]
-        statuses: list[int] = []
-
-        async def receive() -> dict[str, Any]:
-            return messages.pop(0) if len(messages) > 1 else messages[0]
-
-        async def send(message: Mapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                statuses.append(message["status"])
-
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-            "path": "/translate", "raw_path": b"/translate", "query_string": b"", "root_path": "",
-            "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("test", 80),
-        }  # fmt: skip
         with ThreadPoolExecutor(max_workers=2) as pool:
             first = pool.submit(client.post, "/translate", json={**REQUEST, "q": "alpha bravo golf"})
             assert decoding.wait(timeout=30)
-            gone = pool.submit(client.portal.call, client.app, scope, receive, send)  # type: ignore[union-attr]
+            gone = pool.submit(post_and_leave, client, messages)
             for _ in range(3000):
                 if service.batchers[("src", "tgt")].queued_sentences == 1:
                     break
                 time.sleep(0.01)
             release.set()
             assert first.result(timeout=30).json() == {"translatedText": "GOLF BRAVO ALPHA"}
-            gone.result(timeout=30)
+            statuses = gone.result(timeout=30)
         assert statuses == [499]
         assert client.post("/translate", json={**REQUEST, "q": "echo"}).status_code == 200
         assert decoded == [translator.encode(["alpha bravo golf"]), translator.encode(["echo"])]

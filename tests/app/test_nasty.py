@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from mt.translator import Translator
 
-from .conftest import client_for
+from .conftest import client_for, post_and_leave
 
 SERVED = {"source": "src", "target": "tgt"}
 _FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -477,27 +477,11 @@ def test_a_client_that_leaves_mid_body_is_no_internal_error(
 ) -> None:
     """The client sends half a body and disconnects: nothing is logged as an error, and the metrics
     count a 499 (nginx's "client closed request"), not a 500."""
-    app = client.app
     messages: list[dict[str, Any]] = [
         {"type": "http.request", "body": b'{"q": "alph', "more_body": True},
         {"type": "http.disconnect"},
     ]
-    statuses: list[int] = []
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0)
-
-    async def send(message: Mapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/translate", "raw_path": b"/translate", "query_string": b"", "root_path": "",
-        "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("test", 80),
-    }  # fmt: skip
-    client.portal.call(app, scope, receive, send)  # type: ignore[union-attr]
-    assert statuses == [499]
+    assert post_and_leave(client, messages) == [499]
     assert not [record for record in caplog.records if record.levelname in ("ERROR", "CRITICAL")]
     metrics = client.get("/metrics").text
     assert 'mt_requests_total{route="/translate",status="499"} 1.0' in metrics

@@ -46,16 +46,27 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
+def open_page(browser: Any, server: Server) -> Any:
+    """A new page on the server's web page, once its language lists are filled."""
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#source option').length > 0")
+    return page
+
+
+def translate_on(page: Any, text: str) -> None:
+    """Ask the page for `text` from src to tgt."""
+    page.select_option("#source", "src")
+    page.select_option("#target", "tgt")
+    page.fill("#text", text)
+    page.click("#translate")
+
+
 def test_typing_and_clicking_shows_the_translation_and_draws_the_heatmap(
     browser: Any, page_server: Server, tmp_path: Path
 ) -> None:
-    page = browser.new_page()
-    page.goto(page_server.url + "/")
-    page.wait_for_function("document.querySelectorAll('#source option').length > 0")
-    page.select_option("#source", "src")
-    page.select_option("#target", "tgt")
-    page.fill("#text", "alpha bravo golf")
-    page.click("#translate")
+    page = open_page(browser, page_server)
+    translate_on(page, "alpha bravo golf")
     page.wait_for_function("document.querySelector('#heatmap').dataset.drawn !== undefined", timeout=30_000)
     assert page.inner_text("#output") == "GOLF BRAVO ALPHA"
     assert page.inner_text("#error") == ""
@@ -75,14 +86,9 @@ def test_typing_and_clicking_shows_the_translation_and_draws_the_heatmap(
 def test_the_page_asks_for_a_key_when_the_server_requires_one_and_remembers_it(
     browser: Any, keyed_page_server: Server
 ) -> None:
-    page = browser.new_page()
-    page.goto(keyed_page_server.url + "/")
-    page.wait_for_function("document.querySelectorAll('#source option').length > 0")  # /languages is open
+    page = open_page(browser, keyed_page_server)  # /languages is open
     assert not page.is_visible("#api-key")
-    page.select_option("#source", "src")
-    page.select_option("#target", "tgt")
-    page.fill("#text", "alpha bravo golf")
-    page.click("#translate")
+    translate_on(page, "alpha bravo golf")
     page.wait_for_function("document.querySelector('#error').textContent !== ''", timeout=30_000)
     assert "an API key is required" in page.inner_text("#error")
     assert page.is_visible("#api-key")
@@ -99,9 +105,7 @@ def test_the_page_asks_for_a_key_when_the_server_requires_one_and_remembers_it(
 def test_a_proxy_error_that_is_not_json_shows_its_status_and_clears_the_last_translation(
     browser: Any, page_server: Server
 ) -> None:
-    page = browser.new_page()
-    page.goto(page_server.url + "/")
-    page.wait_for_function("document.querySelectorAll('#source option').length > 0")
+    page = open_page(browser, page_server)
     page.fill("#text", "alpha bravo golf")
     page.click("#translate")
     page.wait_for_function("document.querySelector('#heatmap').dataset.drawn !== undefined", timeout=30_000)
@@ -130,9 +134,7 @@ def test_a_language_that_is_only_a_target_is_not_offered_as_a_source(browser: An
 
 def test_a_long_texts_heatmap_stays_within_what_browsers_draw(browser: Any, page_server: Server) -> None:
     """Cells shrink (and lose their labels) so that the canvas stays within about 4,000 px a side."""
-    page = browser.new_page()
-    page.goto(page_server.url + "/")
-    page.wait_for_function("document.querySelectorAll('#source option').length > 0")
+    page = open_page(browser, page_server)
     page.fill("#text", "Alpha bravo golf. " * 100)  # 100 sentences: some 400 pieces on each side
     page.click("#translate")
     page.wait_for_function("document.querySelector('#heatmap').dataset.drawn !== undefined", timeout=30_000)
@@ -152,9 +154,6 @@ def test_the_page_works_where_site_storage_is_blocked(browser: Any, page_server:
     )
     page.goto(page_server.url + "/")
     page.wait_for_function("document.querySelectorAll('#source option').length > 0")
-    page.select_option("#source", "src")
-    page.select_option("#target", "tgt")
-    page.fill("#text", "alpha bravo golf")
-    page.click("#translate")
+    translate_on(page, "alpha bravo golf")
     page.wait_for_function("document.querySelector('#output').textContent !== ''", timeout=30_000)
     assert page.inner_text("#output") == "GOLF BRAVO ALPHA"
