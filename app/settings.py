@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     max_texts: int = Field(default=100, ge=1)  # per request
     max_beam_size: int = Field(default=10, ge=1, le=100)  # caps requests and the models' own default beams
     max_alternatives: int = Field(default=5, ge=0)  # a request's alternatives + 1 hypotheses are searched
+    # attention weights per request with alignments: a million at 4 decimals are about 7 MB of JSON, and one
+    # text of the longest admitted (400 pieces) can hold 245,000
+    max_alignment_weights: int = Field(default=1_000_000, ge=0)
     max_body_bytes: int = Field(default=1_000_000, ge=1)
     # at most, for as many sentences as were in flight after the last batch
     batch_wait_ms: float = Field(default=10.0, ge=0)

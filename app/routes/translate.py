@@ -17,15 +17,13 @@ from app.batcher import ClientGone, Overloaded, TextTooLong
 from app.errors import describe_validation_errors
 from app.forms import FORM_TYPES, FormError, form_fields, media_type
 from app.schemas import Alignment, ErrorResponse, TranslateRequest, TranslateResponse
-from app.segment import join, split
+from app.segment import alignment_size, join, split
 from app.service import ServiceDep
 from mt.search import SearchTimeout
 from mt.translator import Translation
 
 router = APIRouter()
 _RETRY = {"Retry-After": "1"}  # seconds; a client that backs off finds the queue drained
-# at 4 decimals, about 7 MB of JSON; one text of the longest admitted (400 pieces) can hold 245,000
-MAX_ALIGNMENT_WEIGHTS = 1_000_000
 
 _BODY = {"schema": TranslateRequest.model_json_schema()}  # the body is parsed by hand: JSON or form data
 
@@ -83,7 +81,7 @@ async def translate(request: Request, service: ServiceDep) -> TranslateResponse:
         raise HTTPException(
             400,
             f"{where} has a sentence of {error.pieces} subword pieces; at most {error.limit} per sentence "
-            "(a sentence ends at . ! ? or a line break)",
+            "(a sentence ends at . ! ? \u2026 or a line break)",
         ) from None
     except SearchTimeout:
         raise HTTPException(
@@ -93,14 +91,18 @@ async def translate(request: Request, service: ServiceDep) -> TranslateResponse:
             headers=_RETRY,
         ) from None
     parts = iter(translated)
-    results = [join(segments, list(itertools.islice(parts, len(segments.sentences)))) for segments in segmented]
-    weights = sum(r.candidates[0].attention.numel() for r in results if r) if body.alignments else 0
-    if weights > MAX_ALIGNMENT_WEIGHTS:  # its JSON would hold the event loop, and memory, for seconds
+    per_text = [list(itertools.islice(parts, len(segments.sentences))) for segments in segmented]
+    weights = sum(alignment_size(sentences) for sentences in per_text if sentences) if body.alignments else 0
+    if weights > settings.max_alignment_weights:  # its JSON would hold the event loop, and memory, for seconds
         raise HTTPException(
             400,
-            f"the alignments of these texts hold {weights:,} attention weights; at most {MAX_ALIGNMENT_WEIGHTS:,} "
-            "per request: send fewer or shorter texts with alignments",
+            f"the alignments of these texts hold {weights:,} attention weights; at most "
+            f"{settings.max_alignment_weights:,} per request: send fewer or shorter texts with alignments",
         )
+    results = [
+        join(segments, sentences, alignment=body.alignments)
+        for segments, sentences in zip(segmented, per_text, strict=True)
+    ]
     service.metrics.sentences.labels(f"{body.source}->{body.target}").inc(len(sentences))
     return _response(
         results, single=isinstance(body.q, str), alternatives=body.alternatives > 0, alignments=body.alignments

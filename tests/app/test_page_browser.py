@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from .test_server import Server, start_server
+from .test_server import Server, post, start_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -157,3 +157,21 @@ def test_the_page_works_where_site_storage_is_blocked(browser: Any, page_server:
     translate_on(page, "alpha bravo golf")
     page.wait_for_function("document.querySelector('#output').textContent !== ''", timeout=30_000)
     assert page.inner_text("#output") == "GOLF BRAVO ALPHA"
+
+
+def test_a_text_whose_alignment_is_over_the_limit_is_translated_without_it(browser: Any, models_dir: Path) -> None:
+    """The page asks for alignments; where the server refuses them as too large, the translation still shows."""
+    server = start_server(models_dir, MT_MAX_ALIGNMENT_WEIGHTS="30")
+    try:
+        body: dict[str, object] = {"q": ["alpha bravo golf", "kilo lima echo"], "source": "src", "target": "tgt"}
+        status, lines = post(server.url, body)
+        assert status == 200
+        page = open_page(browser, server)
+        translate_on(page, "alpha bravo golf\nkilo lima echo")
+        page.wait_for_function("document.querySelector('#output').textContent !== ''", timeout=30_000)
+        assert page.inner_text("#output") == "\n".join(lines["translatedText"])  # type: ignore[arg-type]
+        assert page.inner_text("#error") == "The text is too long to show its alignment."
+        assert page.evaluate("document.querySelector('#heatmap').dataset.drawn") is None
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=30)

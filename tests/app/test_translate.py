@@ -134,13 +134,13 @@ def test_alignments_give_pieces_and_attention_rows(client: TestClient) -> None:
         assert all(weight == round(weight, 4) for weight in row)  # 4 decimals, not float32's long repr
 
 
-def test_alignments_too_large_for_one_response_are_400(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("app.routes.translate.MAX_ALIGNMENT_WEIGHTS", 20)
+def test_alignments_too_large_for_one_response_are_400(models_dir: Path) -> None:
     body = {"q": ["alpha bravo", "kilo lima echo golf"], "source": "src", "target": "tgt", "beam_size": 1}
-    response = client.post("/translate", json={**body, "alignments": True})
-    assert response.status_code == 400
-    assert "attention weights; at most 20 per request" in response.json()["error"]
-    assert client.post("/translate", json=body).status_code == 200  # without alignments, the same texts
+    with client_for(models_dir, max_alignment_weights=20) as client:
+        response = client.post("/translate", json={**body, "alignments": True})
+        assert response.status_code == 400
+        assert "attention weights; at most 20 per request" in response.json()["error"]
+        assert client.post("/translate", json=body).status_code == 200  # without alignments, the same texts
 
 
 def test_empty_text_translates_to_empty_text(client: TestClient) -> None:
