@@ -43,7 +43,7 @@ def split_list(text: str) -> list[str]:
 def read_keys_file(path: Path) -> list[str]:
     """One key per line; blank lines and comments ('#' at the start of a line or after a space) are skipped."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Notepad and PowerShell write a byte-order mark
     except FileNotFoundError:
         raise ApiKeysError(f"API keys file {path} does not exist") from None
     except OSError as error:

@@ -136,6 +136,18 @@ def test_keys_file_skips_comments_and_blank_lines_and_adds_to_the_listed_keys(mo
             assert client.post("/translate", json={**BODY, "api_key": not_a_key}).status_code == 403
 
 
+def test_a_keys_files_byte_order_mark_is_not_part_of_its_first_line(models_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_bytes(f"\ufeff# one key per line\n{KEY}\n".encode())
+    with client_for(models_dir, api_keys_file=str(path)) as client:
+        assert client.post("/translate", json={**BODY, "api_key": KEY}).status_code == 200
+        for not_a_key in ("\ufeff# one key per line", "# one key per line"):
+            assert client.post("/translate", json={**BODY, "api_key": not_a_key}).status_code == 403
+    path.write_bytes(f"\ufeff{KEY}\n".encode())
+    with client_for(models_dir, api_keys_file=str(path)) as client:
+        assert client.post("/translate", json={**BODY, "api_key": KEY}).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
