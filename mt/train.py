@@ -80,6 +80,7 @@ class Progress:
     best_bleu: float = -1.0
     best_step: int = 0
     evals_without_improvement: int = 0
+    evaluated_step: int = 0  # the step of the last validation (0 in checkpoints written before it was kept)
     scheduler: dict[str, Any] = field(default_factory=dict)
     # with subword sampling, the batches of `epoch` (sentence ids): a new process samples other pieces
     # from the same seed, and batches cut by those lengths would not be the ones batch_in_epoch counts
@@ -220,6 +221,12 @@ def check_run_dir(run_dir: Path, resume: bool, config: Config | None = None) -> 
     there (or none to resume), a folder that cannot be written, or, given the run's config, a disk
     without room for its checkpoints."""
     last = run_dir / "last"
+    for link in (last, run_dir / "best"):
+        if link.exists() and not link.is_symlink():  # copied with links followed: a checkpoint can't replace it
+            raise RunDirError(
+                f"{link} is a copy of a checkpoint, not a link to one (was the run copied with links followed?): "
+                f"replace it with a link, e.g. rm -r {link} && ln -s checkpoints/step-NNNNNNN {link}"
+            )
     if resume and last.is_symlink() and not last.exists():
         raise RunDirError(f"cannot resume: {last} points to a checkpoint that no longer exists ({os.readlink(last)})")
     if resume and not last.exists():
@@ -328,7 +335,6 @@ class Trainer:
         self.valid_src = self.src_tok.encode(self.valid_corpus.src)
         self.valid_tgt = self.tgt_tok.encode(self.valid_corpus.tgt)
         self._last_save = time.monotonic()
-        self._saved_step = self.progress.step
 
     def _check_same_corpus(self, saved: Progress, *, corpus: str) -> None:
         """Resume only on the training pairs the run started with (the same data, cleaned by the same rules)."""
@@ -361,9 +367,8 @@ class Trainer:
                 self._next_epoch()
                 if train_cfg.eval_every == 0 and self._validate_and_save():
                     break
-            else:
-                # steps since the last checkpoint (rank 0 alone takes the timed ones)
-                if self.world.broadcast(self._saved_step != self.progress.step):
+            else:  # steps since the last validation (a timed save of the last step validates nothing)
+                if self.progress.evaluated_step != self.progress.step:
                     self._validate_and_save()
         return self.progress
 
@@ -483,6 +488,7 @@ class Trainer:
             progress.best_bleu, progress.best_step, progress.evals_without_improvement = bleu, progress.step, 0
         else:
             progress.evals_without_improvement += 1
+        progress.evaluated_step = progress.step
         self.scheduler.step(bleu)
         if self.world.is_main:
             self._write_log(
@@ -544,7 +550,6 @@ class Trainer:
         if self.world.is_main:
             self._write_checkpoint(best=best)
         self._last_save = time.monotonic()
-        self._saved_step = self.progress.step
 
     def _write_checkpoint(self, *, best: bool) -> None:
         self.progress.elapsed = self._elapsed()

@@ -234,6 +234,29 @@ def test_steps_after_the_last_evaluation_are_saved_at_the_end(reverse_corpus: Pa
     assert saved["step"] == progress.step
 
 
+def test_the_last_steps_are_evaluated_at_the_end_though_a_timed_save_took_them(
+    reverse_corpus: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(reverse_corpus, max_epochs=1, eval_every=30, save_every_minutes=1e-9)  # a save every step
+    progress = Trainer(config, tmp_path / "run").fit()
+    assert progress.step % 30 != 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "eval"][-1] == progress.step
+    saved = json.loads((tmp_path / "run" / "last" / "trainer.json").read_text())
+    assert (saved["step"], saved["evaluated_step"]) == (progress.step, progress.step)
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_run_copied_with_its_links_followed_is_refused_at_start(
+    reverse_corpus: Path, tmp_path: Path, resume: bool
+) -> None:
+    """`cp -rL`, `scp -r`: `last` and `best` become folders, which a new checkpoint's link cannot replace."""
+    Trainer(tiny_config(reverse_corpus), tmp_path / "run", max_steps=2).fit()
+    shutil.copytree(tmp_path / "run", tmp_path / "copy", symlinks=False)
+    with pytest.raises(RunDirError, match=r"last is a copy of a checkpoint, not a link to one"):
+        Trainer(tiny_config(reverse_corpus), tmp_path / "copy", resume=resume)
+
+
 def test_a_dangling_last_link_is_named(reverse_corpus: Path, tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "last").symlink_to("checkpoints/step-0000009")
