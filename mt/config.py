@@ -151,10 +151,16 @@ class Config:
             ("max_minutes", train.max_minutes),
         ):
             _require(0 <= value < math.inf, f"train.{key} must be >= 0 and finite, got {value}")
+        _require(
+            train.min_lr <= train.lr,
+            f"train.lr ({train.lr:g}) is below train.min_lr ({train.min_lr:g}), where training stops: "
+            "lower train.min_lr",
+        )
         _require(0 < train.lr_decay < 1, f"train.lr_decay must be in (0, 1), got {train.lr_decay}")
         _require(self.data.max_len >= 1, f"data.max_len must be at least 1, got {self.data.max_len}")
         _require(self.data.max_ratio >= 1, f"data.max_ratio must be at least 1, got {self.data.max_ratio}")
-        _require(self.vocab.sampling_alpha >= 0, "vocab.sampling_alpha must be >= 0")
+        alpha = self.vocab.sampling_alpha
+        _require(0 <= alpha < math.inf, f"vocab.sampling_alpha must be >= 0 and finite, got {alpha}")
         coverage = self.vocab.character_coverage
         _require(0 < coverage <= 1, f"vocab.character_coverage must be in (0, 1], got {coverage}")
 
@@ -182,6 +188,8 @@ class Config:
             raise ConfigError(f"config file {path} does not exist")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text") from None
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
         if not isinstance(raw, dict):

@@ -10,7 +10,9 @@ Three sources are read, one split at a time:
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +67,9 @@ def load_split(path: str, split: str, src: str, tgt: str) -> ParallelCorpus:
         if (local / f"{split}.{src}").is_file() or (local / f"{split}.{tgt}").is_file():
             return _load_text_pair(local / f"{split}.{src}", local / f"{split}.{tgt}")
         raise CorpusError(f"{local} has neither {split}.jsonl nor {split}.{src} + {split}.{tgt}")
-    if local.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1:
+    if local.exists():
+        raise CorpusError(f"corpus path {path} is a file; give the folder that holds {split}.jsonl (or {split}.{src})")
+    if path.startswith((".", "/", "~")) or path.count("/") != 1:
         raise CorpusError(f"corpus path {path} does not exist (give a folder or a hub dataset id 'owner/name')")
     return _load_hub(path, split, src, tgt)
 
@@ -75,8 +79,27 @@ def _load_jsonl(file: Path, src: str, tgt: str) -> ParallelCorpus:
     try:
         table = datasets.load_dataset("json", data_files=str(file), split="train")
     except Exception as error:  # datasets wraps pyarrow's parse errors in several types; or its cache failed
-        raise CorpusError(f"{file} could not be read as JSON lines: {error}") from error
-    return _columns(table, src, tgt, where=str(file))
+        reason = _bad_json_line(file) or _innermost(error)
+        raise CorpusError(f"{file} could not be read as JSON lines: {reason}") from error
+    records = [number for number, line in enumerate(_read_text(file), start=1) if line.strip()]  # blanks skipped
+    return _columns(table, src, tgt, where=str(file), line_of=lambda row: records[row])
+
+
+def _bad_json_line(file: Path) -> str:
+    """Where and why a JSON-lines file is not one ("" if each line parses)."""
+    for number, line in enumerate(_read_text(file), start=1):
+        try:
+            if line.strip():
+                json.loads(line)
+        except json.JSONDecodeError as error:
+            return f"line {number} is not valid JSON ({error.msg} at column {error.colno})"
+    return ""
+
+
+def _innermost(error: BaseException) -> BaseException:
+    while (cause := error.__cause__ or error.__context__) is not None:
+        error = cause
+    return error
 
 
 def _load_hub(dataset_id: str, split: str, src: str, tgt: str) -> ParallelCorpus:
@@ -84,10 +107,13 @@ def _load_hub(dataset_id: str, split: str, src: str, tgt: str) -> ParallelCorpus
         table = datasets.load_dataset(dataset_id, split=split)
     except Exception as error:  # offline, unknown id or unknown split: all are the user's to fix
         raise CorpusError(f"could not load split '{split}' of hub dataset {dataset_id}: {error}") from error
-    return _columns(table, src, tgt, where=f"{dataset_id} [{split}]")
+    return _columns(table, src, tgt, where=f"{dataset_id} [{split}]", line_of=lambda row: row + 1)
 
 
-def _columns(table: datasets.Dataset, src: str, tgt: str, where: str) -> ParallelCorpus:
+def _columns(
+    table: datasets.Dataset, src: str, tgt: str, *, where: str, line_of: Callable[[int], int]
+) -> ParallelCorpus:
+    """`line_of`: the line (or row) number users know of the table's row i."""
     if len(table) == 0:
         raise CorpusError(f"{where} is empty")
     for lang in (src, tgt):
@@ -97,7 +123,7 @@ def _columns(table: datasets.Dataset, src: str, tgt: str, where: str) -> Paralle
     for lang, lines in ((src, src_lines), (tgt, tgt_lines)):
         for index, line in enumerate(lines):
             if not isinstance(line, str):
-                raise CorpusError(f"{where}, line {index + 1}: missing or non-string language key '{lang}'")
+                raise CorpusError(f"{where}, line {line_of(index)}: missing or non-string language key '{lang}'")
     return ParallelCorpus([s.strip() for s in src_lines], [t.strip() for t in tgt_lines])
 
 

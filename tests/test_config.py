@@ -74,6 +74,8 @@ def test_invalid_yaml_file_names_the_file(tmp_path: Path) -> None:
         ("train.lr_decay", 1.0, r"train.lr_decay must be in \(0, 1\)"),  # torch's scheduler refuses 1
         ("data.max_ratio", 0.5, "data.max_ratio must be at least 1"),
         ("vocab.character_coverage", 0.0, r"vocab.character_coverage must be in \(0, 1\]"),
+        ("vocab.sampling_alpha", float("inf"), "vocab.sampling_alpha must be >= 0 and finite, got inf"),
+        ("train.lr", 5e-6, r"train.lr \(5e-06\) is below train.min_lr \(1e-05\), where training stops"),
         # -5 validated on all but the last 5 sentences; -1 never validated nor saved until the end
         ("train.eval_max_sentences", -5, "train.eval_max_sentences must be at least 0, got -5"),
         ("train.eval_every", -1, "train.eval_every must be at least 0, got -1"),
@@ -95,3 +97,10 @@ def test_shipped_config_files_load_and_validate(path: Path) -> None:
     config = Config.load(path)
     config.validate()
     assert f"{config.data.src}-{config.data.tgt}" == path.stem
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("# Deutsch \u00e4 Englisch\ntrain:\n  lr: 0.001\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"config file .*latin1\.yaml is not UTF-8 text"):
+        Config.load(path)

@@ -59,6 +59,18 @@ def test_missing_language_key_names_file_and_line(tmp_path: Path) -> None:
         load_split(str(tmp_path), "train", "de", "en")
 
 
+def test_the_line_named_counts_the_blank_lines_the_reader_skips(tmp_path: Path) -> None:
+    (tmp_path / "train.jsonl").write_text('{"de": "a", "en": "b"}\n\n   \n{"de": "e"}\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"train\.jsonl, line 4: missing .* 'en'"):
+        load_split(str(tmp_path), "train", "de", "en")
+
+
+def test_a_line_that_is_not_json_is_named_with_why(tmp_path: Path) -> None:
+    (tmp_path / "train.jsonl").write_text('{"de": "a", "en": "b"}\n\n{"de": "x" "en": "y"}\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"train\.jsonl could not be read as JSON lines: line 3 is not valid JSON \("):
+        load_split(str(tmp_path), "train", "de", "en")
+
+
 def test_language_absent_from_every_row_is_named(tmp_path: Path) -> None:
     (tmp_path / "train.jsonl").write_text(json.dumps({"de": "a", "en": "b"}) + "\n", encoding="utf-8")
     with pytest.raises(CorpusError, match="language key 'cs'"):
@@ -94,6 +106,12 @@ def test_empty_jsonl_split_is_refused(tmp_path: Path) -> None:
 def test_path_that_does_not_exist_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="does not exist"):
         load_split(str(tmp_path / "nowhere"), "train", "de", "en")
+
+
+def test_a_file_given_for_the_corpus_folder_is_named_as_a_file(tmp_path: Path) -> None:
+    (tmp_path / "train.jsonl").write_text('{"de": "a", "en": "b"}\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"train\.jsonl is a file; give the folder that holds train\.jsonl"):
+        load_split(str(tmp_path / "train.jsonl"), "train", "de", "en")
 
 
 def test_folder_without_the_split_says_what_it_looked_for(tmp_path: Path) -> None:
