@@ -345,8 +345,8 @@ def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[st
         raise ModelDirError(f"checkpoint {path}: the optimizer state does not fit the model: {error!r}") from error
     torch.set_rng_state(rng)
     cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(len(tensors)) if f"rng.cuda.{i}" in tensors]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
+    if cuda_states and torch.cuda.is_available():  # a run saved with more GPUs than this machine has
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
     return dict(trainer)
 
 

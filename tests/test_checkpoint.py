@@ -14,9 +14,11 @@ from mt.checkpoint import (
     commit_checkpoint,
     export_model_dir,
     load_model_dir,
+    load_training_state,
     point_link,
     prune_checkpoints,
     save_model_dir,
+    save_training_state,
 )
 from mt.config import ConfigError, DecodeConfig
 from mt.train import Trainer
@@ -207,3 +209,17 @@ def test_export_replaces_an_existing_directory_but_not_a_link(model_dir: Path, t
     (tmp_path / "link").symlink_to(out)
     with pytest.raises(ModelDirError, match="is a link or a file"):
         export_model_dir([model_dir], tmp_path / "link")
+
+
+def test_a_run_saved_with_more_gpus_resumes_on_fewer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each GPU's random state is saved; a machine with fewer GPUs restores those it has."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.get_rng_state() for _ in range(3)])
+    save_training_state(tmp_path, optimizer, {"step": 7})
+    restored: list[list[torch.Tensor]] = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    assert load_training_state(tmp_path, optimizer)["step"] == 7
+    assert [len(states) for states in restored] == [1]
