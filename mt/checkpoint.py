@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import stat
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,7 @@ def load_model_dir(path: str | Path, *, device: str | torch.device = "cpu") -> L
     weights = read_tensors(path / WEIGHTS)
     try:
         weights = upgrade_weights(weights)
-    except (KeyError, RuntimeError) as error:  # parts missing, or of shapes that do not fit together
+    except (KeyError, RuntimeError, IndexError, ValueError) as error:  # parts missing, or shapes that do not fit
         raise ModelDirError(
             f"{path / WEIGHTS} holds weights in the older layout that do not fit together: {error!r}"
         ) from error
@@ -145,8 +146,11 @@ def load_model_dir(path: str | Path, *, device: str | torch.device = "cpu") -> L
         if tensor.dtype not in WEIGHT_DTYPES:
             raise ModelDirError(f"{path / WEIGHTS}: {name} is {tensor.dtype}; weights are float32, float16 or bfloat16")
     vocab = {"src_vocab": len(src_tokenizer), "tgt_vocab": len(tgt_tokenizer)}
-    with torch.device("meta"):  # shapes only: a config asking for a huge model allocates nothing
-        skeleton = Seq2Seq.from_config(config.model, **vocab)
+    try:
+        with torch.device("meta"):  # shapes only: a config asking for a huge model allocates nothing
+            skeleton = Seq2Seq.from_config(config.model, **vocab)
+    except RuntimeError as error:  # sizes whose product overflows
+        raise ModelDirError(f"{path / CONFIG}: the model it describes cannot be built: {error}") from error
     _check_weights(skeleton, weights, path)
     model = Seq2Seq.from_config(config.model, **vocab)
     model.load_state_dict(weights, strict=False)  # tied output weight comes with the embedding
@@ -166,7 +170,13 @@ def _check_dir(path: Path) -> None:
     root = path.resolve()
     for name in (WEIGHTS, CONFIG, SRC_SPM, TGT_SPM):
         part = path / name
-        if part.is_symlink() and root not in part.resolve().parents:
+        try:
+            target = part.resolve()
+        except (RuntimeError, OSError):  # RuntimeError: a link loop, before Python 3.13
+            raise ModelDirError(
+                f"model directory {path}: {name} is a link that never reaches a file (a loop)"
+            ) from None
+        if part.is_symlink() and root not in target.parents:
             raise ModelDirError(
                 f"model directory {path}: {name} is a link to {os.readlink(part)}, outside the directory; "
                 "a model directory must hold its own files"
@@ -178,7 +188,8 @@ def _check_dir(path: Path) -> None:
 
 
 def _is_pickle(entry: Path) -> bool:
-    """A pickle by name (torch.save's and pickle's usual suffixes) or by content (protocol 2-5 header)."""
+    """A pickle by name (torch.save's and pickle's usual suffixes) or by content: a protocol 2-5 header, or
+    a zip archive holding a data.pkl (torch.save's format)."""
     if entry.suffix.lower() in PICKLE_SUFFIXES:
         return True
     if entry.name in (CONFIG, SRC_SPM, TGT_SPM, TRAINER) or entry.suffix == ".safetensors":
@@ -187,10 +198,13 @@ def _is_pickle(entry: Path) -> bool:
         if not stat.S_ISREG(entry.lstat().st_mode):  # never open a FIFO or a device, nor follow a link
             return False
         with entry.open("rb") as handle:
-            head = handle.read(2)
-    except OSError:
+            head = handle.read(4)
+            if head == b"PK\x03\x04":  # only the archive's list of names is read
+                with zipfile.ZipFile(handle) as archive:
+                    return any(name.rsplit("/", 1)[-1] == "data.pkl" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
         return False  # unreadable, so it cannot be loaded either
-    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def _read_config(file: Path) -> Config:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+_LANGUAGE_CODE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+# far past any recurrent model worth training, and below what only overflows or takes minutes to build
+MAX_LAYERS = 64
+MAX_WIDTH = 65_536
 
 Cell = Literal["gru", "lstm"]
 
@@ -130,6 +136,18 @@ class Config:
                     _require(0 <= value < 2**32, f"{section}.seed must be between 0 and 2**32 - 1, got {value}")
                 elif kind is int:
                     _require(value >= 1, f"{section}.{key} must be at least 1, got {value}")
+        for key in ("src", "tgt"):  # file names and the service's language pairs are made of them
+            code = getattr(self.data, key)
+            _require(
+                isinstance(code, str) and _LANGUAGE_CODE.fullmatch(code) is not None,
+                f"data.{key} must be a language code of letters, digits, '-' and '_' (at most 32), got {code!r}",
+            )
+        for key in ("enc_layers", "dec_layers"):
+            value = getattr(self.model, key)
+            _require(value <= MAX_LAYERS, f"model.{key} must be at most {MAX_LAYERS}, got {value}")
+        for key in ("emb_size", "enc_hidden", "dec_hidden", "attn_size"):
+            value = getattr(self.model, key)
+            _require(value <= MAX_WIDTH, f"model.{key} must be at most {MAX_WIDTH:,}, got {value}")
         for key in ("dropout", "emb_dropout"):
             value = getattr(self.model, key)
             _require(0 <= value < 1, f"model.{key} must be in [0, 1), got {value}")

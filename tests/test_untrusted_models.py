@@ -189,7 +189,7 @@ def test_wrong_dtypes_and_non_finite_values_are_refused_even_with_a_valid_checks
         (lambda c: c["model"].update(cell="lstm"), r"does not match .*config\.json.*has shape"),
         (lambda c: c["model"].update(enc_layers=2), r"does not match .*config\.json: missing \['encoder"),
         (lambda c: c["model"].update(tie_embeddings=False), r"does not match .*config\.json: missing \['decoder"),
-        (lambda c: c["model"].update(emb_size=10**9), r"does not match .*config\.json.*has shape"),
+        (lambda c: c["model"].update(emb_size=65_536), r"does not match .*config\.json.*has shape"),
     ],
     ids=["emb_size", "cell", "layers", "untied", "huge"],
 )
@@ -221,6 +221,9 @@ def test_a_config_that_does_not_match_the_weights_is_refused(
         (b'{"decode": {"beam_size": 0}}', r"decode\.beam_size must be between 1 and 100"),
         (b"[" * 100_000 + b"]" * 100_000, r"config\.json is not a valid model config"),
         (b" " * (2 << 20) + b"{}", r"config\.json is not a valid model config: it is 2,097,154 bytes"),
+        (b'{"model": {"emb_size": 10000000000000000}}', r"model\.emb_size must be at most 65,536"),  # overflowed
+        (b'{"model": {"enc_layers": 20000}}', r"model\.enc_layers must be at most 64"),  # took 107 s to build
+        (b'{"data": {"tgt": "en/../../outside"}}', r"data\.tgt must be a language code of letters, digits"),
     ],
     ids=[
         "not-json",
@@ -238,6 +241,9 @@ def test_a_config_that_does_not_match_the_weights_is_refused(
         "invalid-decode",
         "deeply-nested",
         "huge",
+        "too-wide",
+        "too-deep",
+        "language-path",
     ],
 )
 def test_an_invalid_config_is_refused(broken: Path, content: bytes, expected: str) -> None:
@@ -316,6 +322,29 @@ def test_a_pickle_in_the_directory_is_refused_and_never_opened(broken: Path, tmp
     message = refusal(broken)
     assert f"holds {name}, a pickle file" in message
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["notes", "archive.zip"])
+def test_torch_saves_zip_format_is_refused_by_its_content(broken: Path, tmp_path: Path, name: str) -> None:
+    marker = tmp_path / "ran"
+    torch.save({"weights": _Payload(marker)}, broken / name)
+    assert f"holds {name}, a pickle file" in refusal(broken)
+    assert not marker.exists()
+
+
+def test_a_part_that_links_to_itself_is_a_one_line_refusal(broken: Path) -> None:
+    (broken / "config.json").unlink()
+    (broken / "config.json").symlink_to("config.json")
+    assert "config.json is a link that never reaches a file (a loop)" in refusal(broken)
+
+
+def test_older_layout_weights_of_the_wrong_rank_are_refused(broken: Path) -> None:
+    weights = {name: tensor.clone() for name, tensor in load_file(str(broken / "model.safetensors")).items()}
+    for name in ("decoder.cells.0.weight_ih", "decoder.cells.0.weight_hh", "decoder.readout.weight"):
+        weights[name] = torch.zeros(4)
+    weights["decoder.readout.bias"] = torch.zeros(4)
+    save_tensors(weights, broken / "model.safetensors")
+    assert "holds weights in the older layout that do not fit together" in refusal(broken)
 
 
 def test_a_pickle_in_place_of_the_weights_is_never_unpickled(broken: Path, tmp_path: Path) -> None:
