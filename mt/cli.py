@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mt.checkpoint import CONFIG, MODEL_FILES, ModelDirError
 from mt.config import Config, ConfigError, DecodeConfig, get_field, section_fields, section_names, set_field
-from mt.data import CorpusError, read_lines
+from mt.data import CorpusError, read_text_lines
 from mt.distributed import World, leave
 
 if typing.TYPE_CHECKING:
@@ -125,7 +125,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     translator = Translator.from_dir(args.model, device=str(device), int8=args.int8, bf16=args.bf16)
     decode = _decode_config(args, translator.decode)
     source = Path(args.input).read_bytes() if args.input else sys.stdin.buffer.read()
-    lines = read_lines(source)
+    lines = read_text_lines(source, args.input or "stdin")
     indices = world.shard(list(range(len(lines))))
     outputs = translator.translate([lines[i] for i in indices], decode)
     blocks = world.gather_shards([_output(i, o, decode.n_best) for i, o in zip(indices, outputs, strict=True)])
@@ -135,7 +135,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
     if output:
         _write(output, text)
     else:
-        sys.stdout.write(text)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode("utf-8"))  # UTF-8 as --output files are, whatever the locale
+        sys.stdout.buffer.flush()
     return 0
 
 

@@ -143,11 +143,16 @@ def _load_text_pair(src_file: Path, tgt_file: Path) -> ParallelCorpus:
 
 
 def _read_text(file: Path) -> list[str]:
+    return read_text_lines(file.read_bytes(), str(file))
+
+
+def read_text_lines(data: bytes, name: str) -> list[str]:
+    """`read_lines`, with text that is not UTF-8 refused naming `name` (a file, or stdin) and the line."""
     try:
-        return read_lines(file.read_bytes())
+        return read_lines(data)
     except UnicodeDecodeError as error:
         line = error.object[: error.start].count(b"\n") + 1  # the bytes decoded, after any BOM
-        raise CorpusError(f"{file}, line {line}: not UTF-8 text") from None
+        raise CorpusError(f"{name}, line {line}: not UTF-8 text") from None
 
 
 def _require_content(file: Path) -> None:

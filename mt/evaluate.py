@@ -9,7 +9,7 @@ from pathlib import Path
 import sacrebleu
 
 from mt.config import DecodeConfig
-from mt.data import CorpusError, load_split, read_lines
+from mt.data import CorpusError, load_split, read_text_lines
 from mt.translator import Translator
 
 
@@ -62,7 +62,7 @@ def read_test_set(
         for path in paths:
             if not path.is_file():
                 raise CorpusError(f"{path} does not exist")
-        sources, references = (read_lines(p.read_bytes()) for p in paths)
+        sources, references = (read_text_lines(p.read_bytes(), str(p)) for p in paths)
         if not sources:
             raise CorpusError(f"{src} is empty: no sentences to translate and score")
         if len(sources) != len(references):

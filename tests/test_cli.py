@@ -309,3 +309,30 @@ def test_resume_takes_the_first_command_line_again(trained: Path, reverse_corpus
     first = ["--data", str(reverse_corpus), "--src", "src", "--tgt", "tgt", "--max-steps", "40", *TINY_FLAGS]
     assert main(["train", "--out", str(trained), "--resume", *first]) == 0
     assert json.loads((trained / "last" / "trainer.json").read_text())["step"] == 40
+
+
+@pytest.mark.parametrize("given", ["file", "stdin"])
+def test_input_that_is_not_utf8_is_named_with_its_line(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], given: str
+) -> None:
+    data = "alpha bravo\nkilo m\u00e4dchen\n".encode("latin-1")
+    (tmp_path / "in.txt").write_bytes(data)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    flags = ["--input", str(tmp_path / "in.txt")] if given == "file" else []
+    assert main(["translate", "--model", str(trained / "best"), *flags]) == 2
+    name = "in.txt" if given == "file" else "stdin"
+    assert f"{name}, line 2: not UTF-8 text" in capsys.readouterr().err
+
+
+def test_printed_translations_are_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "mt", "translate", "--model", "models/en-de", "--decode.beam_size", "1"]
+    result = subprocess.run(
+        command,
+        input=b"A man rides a bike over a bridge in Zurich.\n",
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "latin-1"},
+        cwd=Path(__file__).parents[1],
+        check=True,
+    )
+    text = result.stdout.decode("utf-8")  # Latin-1 bytes (0xe4 for \u00e4) would not decode
+    assert any(ord(character) > 127 for character in text), text
