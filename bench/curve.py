@@ -7,13 +7,16 @@ A resumed run logs some steps twice (those after its last checkpoint); the later
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
 def main() -> None:
-    records = [json.loads(line) for line in Path(sys.argv[1]).read_text(encoding="utf-8").splitlines() if line]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("log", type=Path, help="a training run's log.jsonl")
+    args = parser.parse_args()
+    records = [json.loads(line) for line in args.log.read_text(encoding="utf-8").splitlines() if line]
     evals = {r["step"]: r for r in records if r["event"] == "eval"}
     speeds = [r["tgt_tok_per_s"] for r in records if r["event"] == "train"]
     print("| minutes | epochs | step | validation loss | validation BLEU (greedy) | lr |")

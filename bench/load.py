@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from machine import cpu_seconds, describe, rss_mib, speed
+from machine import at_least, cpu_seconds, describe, rss_mib, speed
 
 from app.settings import Settings
 from mt.translator import Translator
@@ -159,9 +159,9 @@ def percentile(values: list[float], q: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--clients", type=at_least(1), nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=0, help="per client count (default: 60 unless --requests)")
-    parser.add_argument("--requests", type=int, default=0, help="per client count, instead of --seconds")
+    parser.add_argument("--requests", type=at_least(0), default=0, help="per client count, instead of --seconds")
     parser.add_argument("--url", help="a running server (then its memory is not read)")
     parser.add_argument("--models", default="models")
     parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="server environment, e.g. MT_*")

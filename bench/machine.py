@@ -5,6 +5,7 @@ old and new code alike, so a run's figures compare with another's only at a simi
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -73,3 +74,18 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process (all its threads) has used so far (Linux), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `low`, else a usage error naming the option."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse

@@ -16,7 +16,7 @@ import resource
 import statistics
 import time
 
-from machine import describe
+from machine import at_least, describe
 
 from mt.config import DecodeConfig
 from mt.translator import Translator
@@ -50,7 +50,7 @@ WARM_UP = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models/de-en")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=at_least(1), default=3)
     parser.add_argument("--source-text", action="append", default=[], help="more inputs to try")
     args = parser.parse_args()
 

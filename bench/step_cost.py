@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import torch
-from machine import describe, speed
+from machine import at_least, describe, speed
 
 from mt.decoder import DecoderState
 from mt.translator import Translator
@@ -39,8 +39,8 @@ def main() -> None:
     parser.add_argument("--model", default="models/de-en")
     parser.add_argument("--data", default="../shared/data/multi30k/test.jsonl")
     parser.add_argument("--source", default="de")
-    parser.add_argument("--random-batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--random-batch", type=at_least(1), default=32)
+    parser.add_argument("--repeats", type=at_least(1), default=3)
     args = parser.parse_args()
 
     translator = Translator.from_dir(args.model, device="cpu")

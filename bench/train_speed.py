@@ -19,7 +19,7 @@ import statistics
 import time
 
 import torch
-from machine import describe, matmul_peak, sync
+from machine import at_least, describe, matmul_peak, sync
 from torch.utils.flop_counter import FlopCounterMode
 
 from mt.config import Config
@@ -32,8 +32,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (default: the built-in defaults)")
     parser.add_argument("--data", default="../shared/data/multi30k")
-    parser.add_argument("--steps", type=int, default=100, help="timed steps (after 10 warm-up steps)")
-    parser.add_argument("--window", type=int, default=10, help="steps per measured window")
+    parser.add_argument("--steps", type=at_least(1), default=100, help="timed steps (after 10 warm-up steps)")
+    parser.add_argument("--window", type=at_least(1), default=10, help="steps per measured window")
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="train.precision (default: the config's)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda on a machine with a GPU (default: cpu)")
     args = parser.parse_args()

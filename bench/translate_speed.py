@@ -23,7 +23,7 @@ from pathlib import Path
 
 import sacrebleu
 import torch
-from machine import describe, speed
+from machine import at_least, describe, speed
 
 from mt.cpu import bf16_supported
 from mt.translator import Translator
@@ -39,14 +39,14 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/multi30k/test.jsonl")
     parser.add_argument("--source", default="de")
     parser.add_argument("--target", default="en")
-    parser.add_argument("--repeats", type=int, default=3, help="batch runs per setting (median)")
-    parser.add_argument("--latency-runs", type=int, default=100)
-    parser.add_argument("--limit", type=int, default=0, help="only the first N sentences (0 = all)")
-    parser.add_argument("--batch-size", type=int, default=0, help="sentences decoded together (0 = model default)")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="batch runs per setting (median)")
+    parser.add_argument("--latency-runs", type=at_least(2), default=100, help="for p50/p95 (at least 2)")
+    parser.add_argument("--limit", type=at_least(0), default=0, help="only the first N sentences (0 = all)")
+    parser.add_argument("--batch-size", type=at_least(0), default=0, help="sentences per batch (0 = model default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--random-batches",
-        type=int,
+        type=at_least(1),
         nargs="*",
         default=[],
         metavar="N",
