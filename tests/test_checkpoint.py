@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -148,6 +149,27 @@ def test_export_refuses_to_average_different_models(model_dir: Path, reverse_cor
     Trainer(config, tmp_path / "other", max_steps=2).fit()
     with pytest.raises(ModelDirError, match="cannot average"):
         export_model_dir([model_dir, tmp_path / "other" / "best"], tmp_path / "out")
+
+
+def test_export_refuses_to_average_models_with_other_vocabularies(model_dir: Path, tmp_path: Path) -> None:
+    swapped = tmp_path / "swapped"
+    shutil.copytree(model_dir, swapped)
+    (swapped / "src.spm").write_bytes((model_dir / "tgt.spm").read_bytes())  # the same sizes, other pieces
+    (swapped / "tgt.spm").write_bytes((model_dir / "src.spm").read_bytes())
+    with pytest.raises(ModelDirError, match="cannot average"):
+        export_model_dir([model_dir, swapped], tmp_path / "out")
+
+
+def test_exported_files_are_readable_by_everyone_whatever_the_umask(model_dir: Path, tmp_path: Path) -> None:
+    """A container serves them as a user other than the one who exported them."""
+    previous = os.umask(0o077)
+    try:
+        export_model_dir([model_dir], tmp_path / "out")
+    finally:
+        os.umask(previous)
+    assert {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "out").iterdir()} == {
+        name: 0o644 for name in ("model.safetensors", "config.json", "src.spm", "tgt.spm")
+    }
 
 
 def test_saving_a_step_twice_never_touches_the_live_checkpoint(tmp_path: Path) -> None:

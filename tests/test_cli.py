@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import sacrebleu
 
 import mt.evaluate
 from mt.cli import main
@@ -130,7 +131,11 @@ def test_evaluate_on_source_and_reference_files(
         ]
     )
     assert code == 0
-    assert "src: BLEU" in capsys.readouterr().out
+    translator = Translator.from_dir(trained / "best", device="cpu")
+    hypotheses = [t.text for t in translator.translate(["alpha bravo", "kilo lima"])]  # of the sources
+    assert (tmp_path / "hyp.txt").read_text(encoding="utf-8") == "".join(h + "\n" for h in hypotheses)
+    bleu = sacrebleu.corpus_bleu(hypotheses, [["BRAVO ALPHA", "LIMA KILO"]]).score
+    assert f"src: BLEU {bleu:.2f}" in capsys.readouterr().out
 
 
 def test_evaluate_names_int8_hypotheses_apart_from_fp32_ones(trained: Path, tmp_path: Path) -> None:

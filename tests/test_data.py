@@ -131,6 +131,20 @@ def test_cleaning_drops_and_counts_empty_long_and_unbalanced_pairs() -> None:
     assert "dropped 3" in str(report)
 
 
+def test_cleaning_keeps_pairs_at_its_bounds_and_short_pairs_whatever_their_ratio() -> None:
+    corpus = ParallelCorpus(
+        src=["a b c d e f g h", "a b c", "Hund", "eins zwei drei vier"],
+        tgt=["one two", "one two three four five six seven eight nine", "a big dog", "one two three four five six"],
+    )
+    kept, report = clean(corpus, max_len=8, max_ratio=1.5)
+    # 8 against 2 words: a ratio of 4; 9 words: over max_len; 1 against 3 words: short, so kept whatever the
+    # ratio; 4 against 6 words: a ratio of 1.5, at the bound, kept
+    assert kept.src == ["Hund", "eins zwei drei vier"]
+    assert (report.too_long, report.bad_ratio) == (1, 1)
+    kept, _ = clean(corpus, max_len=9, max_ratio=4.0)  # 9 words at max_len, a ratio of 4 at max_ratio: kept
+    assert kept.src == corpus.src
+
+
 def test_a_line_without_spaces_is_too_long_by_its_characters() -> None:
     """One "word" of 20,000 characters took a training run past 24 GB."""
     corpus = ParallelCorpus(src=["ein hund", "alphabravo" * 2000], tgt=["a dog", "ALPHABRAVO" * 2000])

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sacrebleu
 
 from mt.data import CorpusError
 from mt.evaluate import read_test_set, score
@@ -14,6 +15,15 @@ def test_perfect_hypotheses_score_100_and_signature_is_cased_13a() -> None:
     assert result.bleu == pytest.approx(100.0)
     assert result.chrf == pytest.approx(100.0)
     assert "case:mixed" in result.bleu_signature and "tok:13a" in result.bleu_signature
+
+
+def test_bleu_and_chrf_are_sacrebleus_own_scores() -> None:
+    refs = ["A dog runs on the beach in the sun.", "Two children play with a red ball."]
+    hyps = ["A dog is running on the beach.", "Two kids play with a ball."]
+    result = score(hyps, refs)
+    assert result.bleu == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert result.chrf == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert result.bleu != pytest.approx(result.chrf)
 
 
 def test_case_errors_cost_bleu() -> None:

@@ -128,9 +128,12 @@ def test_settings_read_comma_separated_keys_and_origins_from_the_environment(
 
 def test_keys_file_skips_comments_and_blank_lines_and_adds_to_the_listed_keys(models_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "keys"
-    path.write_text(f"# team A\n{KEY}   # alice\n\n   \n  # retired: old-key\n{SECOND_KEY}  \n", encoding="utf-8")
+    path.write_text(
+        f"# team A\n{KEY}   # alice\n\n   \n  # retired: old-key\n{SECOND_KEY}  \nkey#with-hash\n", encoding="utf-8"
+    )
     with client_for(models_dir, api_keys_file=str(path), api_keys="listed-key") as client:
-        for key in (KEY, SECOND_KEY, "listed-key"):
+        assert client.post("/translate", json={**BODY, "api_key": "key"}).status_code == 403  # '#' inside a key
+        for key in (KEY, SECOND_KEY, "listed-key", "key#with-hash"):
             assert client.post("/translate", json={**BODY, "api_key": key}).status_code == 200, key
         for not_a_key in ("# team A", "# retired: old-key", "old-key", f"{KEY}   # alice"):
             assert client.post("/translate", json={**BODY, "api_key": not_a_key}).status_code == 403
@@ -219,6 +222,9 @@ def test_without_keys_each_client_address_has_its_own_budget(models_dir: Path) -
         assert status("198.51.100.1", {**BODY, "api_key": "made-up"}) == 429  # keys are off: no fresh budget
         assert [status("2001:db8:1:2::a"), status("2001:db8:1:2::b")] == [200, 429]  # one /64, one budget
         assert status("2001:db8:1:3::a") == 200
+        # an IPv4 client seen through an IPv6 socket is its IPv4 address, not one /64 for every such client
+        assert status("::ffff:203.0.113.7") == 429
+        assert status("::ffff:203.0.113.9") == 200
 
 
 def test_with_keys_each_key_has_its_own_budget_and_wrong_keys_spend_the_address(models_dir: Path) -> None:
@@ -324,6 +330,17 @@ def test_configured_origins_may_call_the_api_and_read_its_errors(models_dir: Pat
         assert "retry-after" in denied.headers["access-control-expose-headers"].lower()
         stranger = client.options("/translate", headers={**PREFLIGHT, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in stranger.headers
+
+
+def test_a_star_lets_pages_from_any_origin_call_the_api(models_dir: Path) -> None:
+    with client_for(models_dir, cors_origins="*") as client:
+        for origin in ("https://app.example", "http://localhost:5173"):
+            preflight = client.options("/translate", headers={**PREFLIGHT, "Origin": origin})
+            assert preflight.status_code == 200
+            assert preflight.headers["access-control-allow-origin"] in ("*", origin)
+            response = client.post("/translate", json=BODY, headers={"Origin": origin})
+            assert response.status_code == 200
+            assert response.headers["access-control-allow-origin"] in ("*", origin)
 
 
 def test_a_page_can_read_an_internal_error_too(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

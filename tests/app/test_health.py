@@ -52,6 +52,7 @@ def test_metrics_count_requests_batches_and_sentences(client: TestClient) -> Non
     before = values()
     client.post("/translate", json={"q": ["alpha", "bravo"], "source": "src", "target": "tgt"})
     client.post("/translate", json={"q": "x", "source": "src", "target": "nope"})
+    client.get("/probe-4711")  # a scanner's guesses must not each become a label of their own
     after = values()
 
     def added(name: str) -> float:
@@ -63,6 +64,8 @@ def test_metrics_count_requests_batches_and_sentences(client: TestClient) -> Non
     assert added("mt_batch_sentences_count") == 1  # the two sentences in one batch
     assert added("mt_batch_sentences_sum") == 2
     assert added('mt_sentences_translated_total{pair="src->tgt"}') == 2
+    assert added('mt_requests_total{route="other",status="404"}') == 1
+    assert not any("probe-4711" in name for name in after)
 
 
 def test_openapi_documents_the_translate_body(client: TestClient) -> None:

@@ -51,6 +51,22 @@ def test_100k_distinct_clients_keep_memory_bounded_and_forget_the_least_recent()
     assert limiter.take("client-0") == 0.0  # forgotten long ago: starts afresh
 
 
+def test_the_least_recently_seen_client_is_forgotten_not_the_first_seen() -> None:
+    limiter = RateLimiter(per_minute=1, max_clients=3, clock=FakeClock())
+    for client in ("a", "b", "c", "a", "d"):  # a seen again after b and c: b is now the least recent
+        limiter.take(client)
+    assert limiter.take("a") > 0  # remembered: its budget is spent
+    assert limiter.take("b") == 0.0  # forgotten: starts afresh
+
+
+def test_ten_thousand_clients_are_remembered_by_default() -> None:
+    limiter = RateLimiter(per_minute=1, clock=FakeClock())
+    for i in range(10_001):
+        limiter.take(f"client-{i}")
+    assert len(limiter) == 10_000
+    assert limiter.take("client-1") > 0 and limiter.take("client-0") == 0.0
+
+
 def test_a_limit_below_one_request_per_minute_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1 request per minute"):
         RateLimiter(per_minute=0)

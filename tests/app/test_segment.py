@@ -6,7 +6,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.segment import join, split
+from app.segment import alignment_size, join, split
 from mt.translator import Candidate, Translation
 
 SERVED = {"source": "src", "target": "tgt"}
@@ -27,6 +27,8 @@ SERVED = {"source": "src", "target": "tgt"}
             ["\n"] * 3,
         ),
         ("Ein Hund läuft\u2026 Ein Mann.", ["Ein Hund läuft\u2026", "Ein Mann."], [" "]),
+        ("Er kam (spät.) Dann ging er.", ["Er kam (spät.)", "Dann ging er."], [" "]),
+        ("Er kam. 3 Hunde bellen.", ["Er kam.", "3 Hunde bellen."], [" "]),  # not lower case: a new sentence
         ("Er ruft \u201aHallo.\u2018 Ein Mann.", ["Er ruft \u201aHallo.\u2018", "Ein Mann."], [" "]),
         (" \n \n", [], []),
     ],
@@ -36,6 +38,14 @@ def test_a_text_splits_into_sentences_and_what_separates_them(
 ) -> None:
     segmented = split(text)
     assert (segmented.sentences, segmented.separators) == (sentences, separators)
+
+
+@pytest.mark.parametrize(
+    "line_break", ["\n", "\r", "\r\n", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+)
+def test_every_line_break_python_knows_ends_a_sentence(line_break: str) -> None:
+    segmented = split(f"ein Hund{line_break}ein Mann")
+    assert (segmented.sentences, segmented.separators) == (["ein Hund", "ein Mann"], ["\n"])
 
 
 def test_long_runs_of_white_space_split_without_backtracking() -> None:
@@ -92,3 +102,13 @@ def test_only_the_best_candidate_of_a_text_asked_with_alignments_carries_an_atte
     assert shown.candidates[1].text == "t1 t1 t1"
     hidden = join(segmented, sentences, alignment=False)
     assert hidden is not None and [c.attention.numel() for c in hidden.candidates] == [0, 0, 0]
+    assert alignment_size(sentences) == 7 * 9  # every target piece by every source piece, as sent
+
+
+def test_a_sentence_with_fewer_candidates_lends_its_last_to_the_texts_later_ones() -> None:
+    def sentence(texts: list[str]) -> Translation:
+        return Translation(["a", "</s>"], [Candidate(text, -1.0, ["p"], torch.rand(1, 2)) for text in texts])
+
+    joined = join(split("Eins. Zwei."), [sentence(["a0", "a1", "a2"]), sentence(["b0", "b1"])], alignment=False)
+    assert joined is not None
+    assert [c.text for c in joined.candidates] == ["a0 b0", "a1 b1", "a2 b1"]

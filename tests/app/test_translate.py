@@ -53,8 +53,17 @@ def test_form_data_is_accepted_like_libretranslate(client: TestClient) -> None:
         # not UTF-8 and no charset: Latin-1, as older clients mean and as Starlette read every form
         ("q=alpha fährt bravo&source=src&target=tgt".encode("latin-1"), "application/x-www-form-urlencoded"),
         (b"q=alpha+f%E4hrt+bravo&source=src&target=tgt", "application/x-www-form-urlencoded"),
+        # declared, quoted and in mixed case; Latin-9's 0xa4 is the euro sign, Latin-1's the currency sign
+        (b"q=alpha+\xa4+bravo&source=src&target=tgt", 'Application/X-WWW-Form-Urlencoded; Charset="iso-8859-15"'),
     ],
-    ids=["raw UTF-8", "percent-encoded UTF-8", "declared Latin-1", "Latin-1 undeclared", "%-Latin-1 undeclared"],
+    ids=[
+        "raw UTF-8",
+        "percent-encoded UTF-8",
+        "declared Latin-1",
+        "Latin-1 undeclared",
+        "%-Latin-1 undeclared",
+        "quoted, mixed case",
+    ],
 )
 def test_form_data_is_read_in_its_charset(
     client: TestClient, monkeypatch: pytest.MonkeyPatch, body: bytes, content_type: str
@@ -69,7 +78,7 @@ def test_form_data_is_read_in_its_charset(
     monkeypatch.setattr(translator, "encode", recorded)
     response = client.post("/translate", content=body, headers={"Content-Type": content_type})
     assert response.status_code == 200
-    assert texts == ["alpha fährt bravo"]
+    assert texts == ["alpha \u20ac bravo" if "8859-15" in content_type else "alpha fährt bravo"]
 
 
 def test_a_form_field_that_is_no_text_is_400(client: TestClient) -> None:
