@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, models: dict[tuple[str, str], S
         }
         for batcher in batchers.values():
             batcher.start()
-        device = str(resolve_device(settings.device))
+        device = str(resolve_device(settings.device, int8=settings.int8))
         app.state.service = Service(settings, models, batchers, metrics, device)
         log.info("serving %s on %s", ", ".join(app.state.service.pairs()), device)
         log.info("access: %s", access.describe())

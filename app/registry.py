@@ -32,13 +32,15 @@ def load_models(
     """Load every non-hidden directory under `models_dir`, each of which must be a model directory, once,
     in int8 or bf16 if asked (`Translator.from_dir`)."""
     folder = Path(models_dir)
+    where = "" if folder.is_absolute() else f" ({folder.absolute()})"
+    hint = "pass --models DIR (MT_MODELS_DIR), the folder that holds one directory per model, as models/ does"
     if not folder.is_dir():
-        raise ModelsError(f"models folder {folder} does not exist")
+        raise ModelsError(f"models folder {folder}{where} does not exist: {hint}")
     candidates = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not candidates:
-        raise ModelsError(f"models folder {folder} holds no model directory (a folder with {CONFIG})")
+        raise ModelsError(f"models folder {folder}{where} holds no model directory (a folder with {CONFIG}): {hint}")
     try:
-        resolved = str(resolve_device(device))
+        resolved = str(resolve_device(device, int8=int8))
     except ValueError as error:
         raise ModelsError(str(error)) from error
     models: dict[tuple[str, str], ServedModel] = {}

@@ -27,7 +27,8 @@ if typing.TYPE_CHECKING:
 log = logging.getLogger("mt")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, sections: list[str]) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, sections: list[str], *, model_defaults: bool = False) -> None:
+    """--section.key flags; with `model_defaults`, an unset one keeps what the model directory stores."""
     defaults = Config()
     for section in sections:
         group = parser.add_argument_group(f"{section} settings")
@@ -40,7 +41,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: list[str]) -> N
                 metavar=kind.__name__.upper() if isinstance(kind, type) else "CHOICE",
                 choices=choices,
                 default=None,
-                help=f"(default: {default})",
+                help=f"(default: the model's own; {default} in a new config)"
+                if model_defaults
+                else f"(default: {default})",
             )
 
 
@@ -55,7 +58,7 @@ def _apply(config: Config, overrides: dict[str, str]) -> Config:
 
 
 def _add_decode_flags(parser: argparse.ArgumentParser) -> None:
-    _add_config_flags(parser, ["decode"])
+    _add_config_flags(parser, ["decode"], model_defaults=True)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument("--int8", action="store_true", help="quantize to int8 for faster CPU inference")
     parser.add_argument(
@@ -120,7 +123,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     world = World.from_env()  # under torchrun each rank translates every size-th line, and rank 0 writes all
     if world.size > 1 and not args.input:
         raise ValueError("under torchrun, give the text to translate as --input: every rank reads it")
-    device = world.join(resolve_device(args.device))
+    device = world.join(resolve_device(args.device, int8=args.int8))
     output = _output_file(Path(args.output)) if args.output and world.is_main else None  # before the work
     translator = Translator.from_dir(args.model, device=str(device), int8=args.int8, bf16=args.bf16)
     decode = _decode_config(args, translator.decode)
@@ -343,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("models", nargs="+", help="model directories (checkpoints); several are averaged")
     export.add_argument("--out", required=True, help="model directory to write")
     export.add_argument("--fp16", action="store_true", help="store the weights in half precision")
-    _add_config_flags(export, ["decode"])
+    _add_config_flags(export, ["decode"], model_defaults=True)
     export.set_defaults(func=cmd_export)
     return parser
 

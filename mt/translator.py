@@ -45,10 +45,11 @@ def _max_lengths(lengths: torch.Tensor, a: float, b: float) -> torch.Tensor:
     return (lengths.double() * a + b + 1e-9).floor().long()
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; else 'cpu', 'cuda' or 'cuda:N' for a GPU this machine has."""
+def resolve_device(name: str, *, int8: bool = False) -> torch.device:
+    """'auto' -> CUDA when present, else CPU (the CPU for `int8`, which runs nowhere else); else 'cpu',
+    'cuda' or 'cuda:N' for a GPU this machine has."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() and not int8 else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -104,7 +105,7 @@ class Translator:
         """The model directory at `path`, on `device`. `int8` quantizes it for faster CPU inference; `bf16`
         multiplies in bfloat16: under autocast on a GPU, in the decoder step's packed layers on a CPU with
         AMX or AVX512-BF16. The encoder's RNN stays fp32."""
-        resolved = resolve_device(device)
+        resolved = resolve_device(device, int8=int8)
         if int8 and resolved.type != "cpu":
             raise ValueError(f"int8 inference runs on the CPU, not on {resolved}: leave out int8 or use device cpu")
         if int8 and bf16:

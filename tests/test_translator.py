@@ -10,7 +10,7 @@ from torch import nn
 from mt.checkpoint import load_model_dir
 from mt.config import DecodeConfig
 from mt.cpu import PER_SOURCE_POSITION, PackedLinear, bf16_supported
-from mt.translator import Translator, _max_lengths
+from mt.translator import Translator, _max_lengths, resolve_device
 
 from .conftest import reverse_task
 
@@ -139,6 +139,15 @@ def test_int8_and_bf16_together_are_refused(models_dir: Path) -> None:
         Translator.from_dir(models_dir / "src-tgt", device="cpu", int8=True, bf16=True)
 
 
+def test_int8_on_the_automatic_device_is_the_cpu_on_a_gpu_machine_too(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """int8 runs on the CPU only: 'auto' (the service's default) must not pick the GPU and refuse to start."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert (resolve_device("auto"), resolve_device("auto", int8=True)) == (torch.device("cuda"), torch.device("cpu"))
+    assert Translator.from_dir(models_dir / "src-tgt", device="auto", int8=True).device == torch.device("cpu")
+
+
 def test_bf16_is_refused_on_a_cpu_without_native_bfloat16(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("mt.cpu.bf16_supported", lambda: False)
     with pytest.raises(ValueError, match="needs AMX or AVX512-BF16"):
@@ -147,7 +156,7 @@ def test_bf16_is_refused_on_a_cpu_without_native_bfloat16(models_dir: Path, monk
 
 def test_bf16_is_refused_on_a_gpu_without_native_bfloat16(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No GPU here: the translator is made to see a Volta (7.0), which would emulate bf16."""
-    monkeypatch.setattr("mt.translator.resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr("mt.translator.resolve_device", lambda name, **_: torch.device("cuda"))
     monkeypatch.setattr("torch.cuda.get_device_capability", lambda device: (7, 0))
     monkeypatch.setattr("torch.cuda.get_device_name", lambda device: "Tesla V100")
     with pytest.raises(ValueError, match=r"compute capability 8.0.*Tesla V100 is 7.0"):

@@ -17,7 +17,8 @@ from mt.translator import Translation, Translator
 
 
 def client_for(models_dir: Path, *, raise_server_exceptions: bool = True, **settings: object) -> TestClient:
-    app = create_app(Settings(models_dir=str(models_dir), device="cpu", **settings))  # type: ignore[arg-type]
+    settings = {"device": "cpu", **settings}  # tests run on the CPU unless they say otherwise
+    app = create_app(Settings(models_dir=str(models_dir), **settings))  # type: ignore[arg-type]
     return TestClient(app, raise_server_exceptions=raise_server_exceptions)
 
 

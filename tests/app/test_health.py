@@ -107,3 +107,11 @@ def test_health_answers_while_a_translation_is_decoding(models_dir: Path, monkey
             assert not pending.done()
             release.set()
             assert pending.result(timeout=30).json() == {"translatedText": "GOLF BRAVO ALPHA"}
+
+
+def test_int8_serves_on_the_cpu_on_a_gpu_machine_too(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MT_DEVICE=auto, the default, with MT_INT8=1 on a machine with a GPU: the service starts, on the CPU."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    with client_for(models_dir, device="auto", int8=True) as client:
+        assert client.get("/health").json()["device"] == "cpu"
+        assert client.post("/translate", json={"q": "alpha", "source": "src", "target": "tgt"}).status_code == 200
